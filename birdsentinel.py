@@ -1,0 +1,3241 @@
+#!/usr/bin/env python3
+"""birdsentinel -- real-time log alerts over Twitter/X direct messages.
+
+A swatch-compatible log watcher in one file, Python 3.9+ standard library
+only.  It follows log files, matches swatch-style rules, throttles, runs
+actions without a shell, and delivers alerts as X direct messages or posts
+through the X API v2, signing OAuth 1.0a requests itself.
+
+Command line usage:
+    birdsentinel.py [-c CONFIG] [-t FILE]... [options]
+    birdsentinel.py -c CONFIG --examine FILE [--dry-run]
+    birdsentinel.py --authorize [--twitter-dir DIR]
+    birdsentinel.py --send "MESSAGE" [--to @user|ID] [--tweet]
+    birdsentinel.py --check [--online]
+
+Input (swatch's flags):
+  -c, --config-file FILE   rules (default ~/.swatchdogrc)
+  -t, --tail-file FILE     follow FILE; repeat for several files.  Without
+                           -t, --examine or --read-pipe: /var/log/messages,
+                           else /var/log/syslog
+  -f, --examine FILE       read FILE once from the start, then exit
+  -p, --read-pipe "CMD"    read the output of CMD (run as argv, no shell)
+  --daemon                 detach; log to syslog (or --log-file)
+  --pid-file FILE          write the daemon's pid to FILE
+  --script-dir DIR         where state, outbox and dead-letter files live
+                           (default ~/.local/state/birdsentinel)
+Our own:
+  --once                   process what was appended since the last run,
+                           wait for the actions, save, exit
+  --state-file FILE        state file (default SCRIPTDIR/birdsentinel.state)
+  --dry-run                print what each action would do; run nothing,
+                           send nothing, write no state
+  --check [--online]       check config, layout and credentials; --online
+                           also asks X who the token belongs to
+  --log-file FILE          log here instead of stderr/syslog
+  -v, --verbose            more log detail (repeat for debug)
+  --version, -h/--help
+X (Twitter):
+  --twitter-dir DIR        credential files consumer-key, consumer-secret,
+                           access-token, access-token-secret (default
+                           /etc/sevagas/monitor/twitter; systemd's
+                           $CREDENTIALS_DIRECTORY is used when set)
+  --api-base URL           X API base (default https://api.x.com; also
+                           $BIRDSENTINEL_API_BASE); plain http only for
+                           loopback addresses
+  --ca-file FILE           extra CA bundle for TLS verification
+  --authorize              PIN flow: get and store an access token
+  --send MESSAGE           send one message and exit 0 only on success
+  --to @USER|ID            recipient for --send (default: the account itself)
+  --tweet                  with --send: post instead of a direct message
+
+Config grammar (swatch 3):
+  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ combine terms
+  waitfor /REGEX/          same as watchfor
+  ignore /REGEX/           drop matching lines for the rules below it
+  echo [MODES]             print the line (MODES: normal, bold, red, ...)
+  bell [N]                 ring the terminal bell N times
+  exec CMD ARGS            run a program; the command is split once like a
+                           shell would, then $_ $0 (the line), $1..$9 and
+                           ${name} (groups) are put INSIDE single arguments.
+                           No shell ever runs: to use one, pass the line as
+                           an argument: exec sh -c 'logger "$1"' sh $_
+  pipe CMD[,keep_open=1]   write the line to CMD's standard input
+  mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
+  write USER[:USER]        write(1) the line to users' terminals
+  dm [@USER|ID ...]        direct message (default: the account itself)
+  tweet [defang=no]        post (to a protected account, preferably)
+  continue                 go on with the next rules after this one
+  quit                     exit after this line
+  throttle [H:]M:S[,key=K][,threshold=N]
+  threshold track_by=K,type=limit|threshold|both,count=N,seconds=S
+  ACTION ...,when=D-D:H-H  act only on those weekdays (0=Sunday) and hours
+  ACTION ...,message=TEXT  send TEXT (with $_ $1 ...) instead of the line
+  include FILE             read FILE's rules here
+  budget dm_per_15m=15,dm_per_day=1440,tweet_per_15m=100,
+         tweet_per_day=10000[,usd_per_day=5]
+  Lines starting with # are comments; a trailing backslash continues a line.
+  Perl code (perlcode, Perl variables, custom actions) is refused at load.
+
+Files (in the script dir; none has "swatch" in its name):
+  birdsentinel.state       offsets, file identities, throttle/threshold
+                           counters, resolved user ids, budget use (JSON)
+  birdsentinel.state.lock  held while running: one instance per state file
+  birdsentinel.outbox      messages not yet accepted by X (JSON lines)
+  birdsentinel.dead        messages X refused for good, with X's reason
+
+Signals:
+  SIGTERM, SIGINT          finish the current line, save state, exit 0
+  SIGHUP                   reload the config (a bad one keeps the old one
+                           running) and retry delivery now
+
+Exit status:
+  0 success; 1 an action failed (--once, --send); 64 usage error;
+  66 input missing; 73 cannot create a file; 75 temporary failure (another
+  instance running, X unreachable); 78 configuration or credential error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import collections
+import ctypes
+import ctypes.util
+import datetime
+import errno
+import fcntl
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import logging.handlers
+import os
+import random
+import re
+import secrets
+import select
+import shlex
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unicodedata
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+__version__ = "0.1.0"
+
+LOG = logging.getLogger("birdsentinel")
+
+# ==== Constants ==============================================================
+
+DEFAULT_TWITTER_DIR = "/etc/sevagas/monitor/twitter"
+DEFAULT_API_BASE = "https://api.x.com"
+SECRET_NAMES = ("consumer-key", "consumer-secret", "access-token", "access-token-secret")
+STATE_NAME = "birdsentinel.state"
+OUTBOX_NAME = "birdsentinel.outbox"
+DEAD_NAME = "birdsentinel.dead"
+LOG_NAME = "birdsentinel.log"
+STATE_VERSION = 1
+
+READ_BLOCK = 1 << 20          # bytes read at a time
+MAX_LINE = 64 * 1024          # longer lines keep their first MAX_LINE bytes
+FINGERPRINT_LEN = 128         # bytes at a file's start that identify it
+RETIRED_GRACE = 60.0          # seconds a rotated file is still read
+MAX_TABLE = 10000             # throttle/threshold keys before pruning
+MAX_CHILDREN = 16             # exec/pipe/mail children at once
+MAX_QUEUED_ACTIONS = 10000    # actions waiting for a free child slot
+CHILD_TIMEOUT = 60.0          # seconds before a child is killed
+
+DM_MAX_CHARS = 10000          # X's DM text limit (v1.1 documented; v2 silent)
+TWEET_MAX_WEIGHT = 280        # twitter-text v3: weighted length
+TWEET_URL_WEIGHT = 23
+TWEET_WEIGHT1_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
+PRICE_USD = {"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20}
+DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440),
+                  ("tweet_per_15m", 100), ("tweet_per_day", 10000),
+                  ("usd_per_day", None))
+WINDOW_15M = 900.0
+WINDOW_DAY = 86400.0
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 900.0
+AUTH_RETRY = 900.0            # after a 401: retry this often (and at SIGHUP)
+HTTP_TIMEOUT = 15.0
+
+EX_OK = 0
+EX_FAIL = 1
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+ECHO_MODES = {
+    "normal": "0", "bold": "1", "underline": "4", "underscore": "4",
+    "blink": "5", "inverse": "7", "reverse": "7", "concealed": "8",
+    "black": "30", "red": "31", "green": "32", "yellow": "33",
+    "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
+    "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
+    "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47",
+}
+
+# ==== Errors =================================================================
+
+
+class BirdError(Exception):
+    """Base of every error birdsentinel reports as one line."""
+
+    exit_code = EX_FAIL
+
+
+class ConfigError(BirdError):
+    """A config file problem: '"FILE", line N: what -- hint'."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, path: str, lineno: int, what: str, hint: str = "") -> None:
+        self.path, self.lineno, self.what, self.hint = path, lineno, what, hint
+        text = '"%s", line %d: %s' % (path, lineno, what)
+        if hint:
+            text += " \u2014 " + hint
+        super().__init__(text)
+
+
+class CredentialsError(BirdError):
+    exit_code = EX_CONFIG
+
+
+class StateError(BirdError):
+    exit_code = EX_CANTCREAT
+
+
+class LockedError(BirdError):
+    exit_code = EX_TEMPFAIL
+
+
+class XNetworkError(BirdError):
+    """The request never got an HTTP answer (refused, reset, timed out)."""
+
+    exit_code = EX_TEMPFAIL
+
+
+# ==== OAuth 1.0a (RFC 5849) ==================================================
+# One small pure function per RFC concept.  Nonce and timestamp are
+# parameters, so every step has known-answer tests.
+
+
+def percent_encode(value: str) -> str:
+    """RFC 5849 section 3.6: UTF-8, then every octet except ALPHA, DIGIT,
+    '-', '.', '_', '~' as %XX with upper-case hex."""
+    return urllib.parse.quote(value.encode("utf-8"), safe="-._~")
+
+
+def base_string_uri(url: str) -> str:
+    """RFC 5849 section 3.4.1.2: scheme and host in lower case, the port only
+    when it is not the scheme's default, the path, no query or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:                          # IPv6 literal keeps its brackets
+        host = "[%s]" % host
+    port = parts.port
+    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
+        host = "%s:%d" % (host, port)
+    return "%s://%s%s" % (scheme, host, parts.path or "/")
+
+
+def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
+                       form_body: Optional[str] = None) -> List[Tuple[str, str]]:
+    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters
+    (without oauth_signature and realm) and a form-encoded body.  A JSON body
+    is NOT a parameter source: the caller passes form_body only for
+    application/x-www-form-urlencoded requests."""
+    query = urllib.parse.urlsplit(url).query
+    params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
+    if form_body:
+        params += urllib.parse.parse_qsl(form_body, keep_blank_values=True)
+    return params
+
+
+def normalize_parameters(params: Iterable[Tuple[str, str]]) -> str:
+    """RFC 5849 section 3.4.1.3.2."""
+    # 1. encode names and values; 2. sort by name, then value;
+    # 3. join each name and value with '='; 4. join the pairs with '&'.
+    encoded = sorted((percent_encode(k), percent_encode(v)) for k, v in params)
+    return "&".join("%s=%s" % kv for kv in encoded)
+
+
+def signature_base_string(method: str, uri: str, normalized_params: str) -> str:
+    """RFC 5849 section 3.4.1.1: METHOD&enc(base string URI)&enc(params)."""
+    return "&".join((method.upper(), percent_encode(uri), percent_encode(normalized_params)))
+
+
+def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str = "") -> str:
+    """RFC 5849 section 3.4.2: key is enc(client secret)&enc(token secret)."""
+    key = "%s&%s" % (percent_encode(client_secret), percent_encode(token_secret))
+    digest = hmac.new(key.encode("utf-8"), base_string.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
+    """RFC 5849 section 3.5.1: 'OAuth ' + name="value" pairs, encoded."""
+    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v))
+                                for k, v in oauth_params)
+
+
+def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
+                 token: str = "", token_secret: str = "", *, nonce: str, timestamp: str,
+                 form_body: Optional[str] = None,
+                 extra_oauth: Sequence[Tuple[str, str]] = (),
+                 version: Optional[str] = "1.0") -> str:
+    """Sign one request (HMAC-SHA1) and return its Authorization header.
+
+    extra_oauth carries oauth_callback or oauth_verifier (section 2)."""
+    oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
+             ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
+    if token:
+        oauth.append(("oauth_token", token))
+    if version:
+        oauth.append(("oauth_version", version))
+    oauth += list(extra_oauth)
+    params = request_parameters(url, oauth, form_body)
+    base = signature_base_string(method, base_string_uri(url), normalize_parameters(params))
+    oauth.append(("oauth_signature", hmac_sha1_signature(base, consumer_secret, token_secret)))
+    return authorization_header(sorted(oauth))
+
+
+def new_nonce() -> str:
+    """32 hex characters: ASCII only, as X requires of oauth_nonce."""
+    return secrets.token_hex(16)
+
+# ==== Config (swatch syntax) =================================================
+# A pure parser: text in, Config out.  Every refusal names the file and line.
+
+PERL_VAR_RE = re.compile(r"(?<!\\)[$@](?:\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
+TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
+POSIX_CLASSES = {
+    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
+    "lower": "a-z", "space": r"\s", "xdigit": "0-9A-Fa-f", "word": r"\w",
+    "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
+}
+ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses",
+                      "defang")
+THRESHOLD_TYPES = ("limit", "threshold", "both")
+SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A text with $_ $0 $* (the line), $1..$9 and ${name} (groups) in it.
+    Parsed once at load; expand() never re-parses what it inserts."""
+
+    parts: Tuple[Tuple[bool, str], ...]   # (is_variable, literal or name)
+
+    @staticmethod
+    def parse(text: str) -> "Template":
+        parts: List[Tuple[bool, str]] = []
+        pos = 0
+        for m in TEMPLATE_VAR_RE.finditer(text):
+            if m.start() > 0 and text[m.start() - 1] == "\\":
+                continue
+            if m.group(3) is not None:          # $word: not ours
+                continue
+            if m.start() > pos:
+                parts.append((False, text[pos:m.start()]))
+            parts.append((True, m.group(1) or m.group(2)))
+            pos = m.end()
+        if pos < len(text):
+            parts.append((False, text[pos:]))
+        return Template(tuple(parts))
+
+    def has_variables(self) -> bool:
+        return any(v for v, _ in self.parts)
+
+    def expand(self, line: str, match: Optional[re.Match]) -> str:
+        out = []
+        for is_var, name in self.parts:
+            if not is_var:
+                out.append(name)
+            elif name in ("_", "0", "*"):
+                out.append(line)
+            elif match is None:
+                out.append("")
+            else:
+                try:
+                    key: Any = int(name) if name.isdigit() else name
+                    out.append(match.group(key) or "")
+                except IndexError:            # no such group in this pattern
+                    out.append("")
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Term:
+    negated: bool
+    regex: re.Pattern
+    source: str
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A watchfor/ignore expression: terms joined by && (all) or || (any)."""
+
+    terms: Tuple[Term, ...]
+    any_of: bool
+    source: str
+
+    def match(self, line: str) -> Optional[re.Match]:
+        """The match object of the first positive term when the whole
+        expression is true (its groups feed $1..$9), else None."""
+        first: Optional[re.Match] = None
+        if self.any_of:
+            for t in self.terms:
+                m = t.regex.search(line)
+                if (m is not None) != t.negated:
+                    return m if m is not None else NEGATED_MATCH.search("")
+            return None
+        for t in self.terms:
+            m = t.regex.search(line)
+            if (m is None) != t.negated:
+                return None
+            if first is None and m is not None:
+                first = m
+        return first if first is not None else NEGATED_MATCH.search("")
+
+
+NEGATED_MATCH = re.compile("")
+
+
+@dataclass(frozen=True)
+class When:
+    days: Tuple[int, int]
+    hours: Tuple[int, int]
+
+    def allows(self, t: float) -> bool:
+        lt = time.localtime(t)
+        wday = (lt.tm_wday + 1) % 7            # Perl localtime: 0 = Sunday
+        return (self.days[0] <= wday <= self.days[1]
+                and self.hours[0] <= lt.tm_hour <= self.hours[1])
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str                               # echo bell exec pipe mail write dm tweet continue quit
+    lineno: int
+    argv: Tuple[Template, ...] = ()         # exec, pipe, mailer
+    modes: Tuple[str, ...] = ()             # echo
+    count: int = 1                          # bell
+    recipients: Tuple[str, ...] = ()        # mail, write, dm
+    subject: Optional[Template] = None      # mail
+    message: Optional[Template] = None      # message=
+    keep_open: bool = False                 # pipe
+    defang: bool = True                     # tweet
+    when: Optional[When] = None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    type: str
+    count: int
+    seconds: int
+    track_by: Template
+
+
+@dataclass(frozen=True)
+class Throttle:
+    delay: float
+    key: Optional[Template]                 # None: the line without its syslog stamp
+    threshold: int = 0
+
+
+@dataclass
+class Rule:
+    kind: str                               # "watchfor" or "ignore"
+    pattern: Pattern
+    path: str
+    lineno: int
+    actions: List[Action] = field(default_factory=list)
+    threshold: Optional[Threshold] = None
+    throttle: Optional[Throttle] = None
+    cont: bool = False
+
+    @property
+    def ident(self) -> str:
+        """Names this rule's counters in the state file: stable across
+        restarts and reloads as long as the pattern is unchanged."""
+        return self.pattern.source
+
+
+@dataclass
+class Config:
+    path: str
+    rules: List[Rule]
+    budget: Dict[str, Optional[float]]
+    files: Tuple[str, ...]
+
+    def prefilter(self) -> Optional[re.Pattern]:
+        """One regex that finds every line some watchfor could match, so
+        whole blocks are scanned at C speed; None when it cannot be built."""
+        return build_prefilter(self.rules)
+
+
+def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
+    """Config lines with CRLF, comments, blank lines and trailing-backslash
+    continuations handled; yields (first line number, text)."""
+    pending: List[str] = []
+    start = 0
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.rstrip("\r").rstrip()
+        if not pending:
+            start = n
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending.append(line[:-1])
+            continue
+        pending.append(line)
+        yield start, " ".join(p.strip() for p in pending).strip()
+        pending = []
+    if pending:
+        yield start, " ".join(p.strip() for p in pending).strip()
+
+
+def split_keyword(line: str) -> Tuple[str, str]:
+    """'key value', 'key=value' and 'key = value' all give (key, value)."""
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|\s+|$)(.*)$", line)
+    if not m:
+        return "", line
+    return m.group(1).lower(), m.group(2).strip()
+
+
+def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
+    """Translate the Perl regex dialect swatch users write into Python's."""
+    for m in PERL_VAR_RE.finditer(src):
+        tail = src[m.end():m.end() + 1]
+        if src[m.start()] == "$" and (m.group(0).startswith("${") or tail not in ("", ")", "|")):
+            raise ConfigError(path, lineno, "Perl variable %s inside a pattern" % m.group(0),
+                              "patterns cannot use perlcode variables; write the regex out in full")
+    if "\\Q" in src or "(?{" in src or "(??{" in src:
+        raise ConfigError(path, lineno, "Perl-only regex construct in /%s/" % src,
+                          "rewrite it without \\Q..\\E or embedded code")
+    py = re.sub(r"\(\?<([A-Za-z_][A-Za-z0-9_]*)>", r"(?P<\1>", src)
+    py = re.sub(r"\\k[<{]([A-Za-z_][A-Za-z0-9_]*)[>}]", r"(?P=\1)", py)
+    py = py.replace("\\z", "\\Z").replace("\\h", "[ \\t]").replace("\\H", "[^ \\t]")
+    py = py.replace("\\e", "\\x1b").replace("\\@", "@").replace("\\/", "/")
+    py = re.sub(r"\[:(\^?)([a-z]+):\]",
+                lambda m: POSIX_CLASSES.get(m.group(2), m.group(0)) if not m.group(1) else m.group(0), py)
+    reflags = 0
+    for f in flags:
+        reflags |= {"i": re.IGNORECASE, "x": re.VERBOSE, "s": re.DOTALL, "m": re.MULTILINE}.get(f, 0)
+    try:
+        return re.compile(py, reflags)
+    except re.error as exc:
+        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc),
+                          "fix the pattern (Python re syntax, close to Perl's)") from None
+    except (OverflowError, RecursionError, ValueError) as exc:
+        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc), "simplify the pattern") from None
+
+
+def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
+    """'/re/flags', '!/re/', joined by && or ||; a trailing # comment is allowed."""
+    terms: List[Term] = []
+    ops = set()
+    pos, n = 0, len(value)
+    while True:
+        while pos < n and value[pos].isspace():
+            pos += 1
+        negated = False
+        if value.startswith("!", pos):
+            negated, pos = True, pos + 1
+            while pos < n and value[pos].isspace():
+                pos += 1
+        if pos < n and value[pos] == "m" and pos + 1 < n and not value[pos + 1].isalnum():
+            pos += 1
+        if pos >= n or value[pos] not in "/{!|#":
+            raise ConfigError(path, lineno, "cannot read pattern %r" % value,
+                              "write it as /regex/ (optionally /regex/i, /a/ && /b/)")
+        delim = value[pos]
+        close = "}" if delim == "{" else delim
+        i = pos + 1
+        while i < n and value[i] != close:
+            i += 2 if value[i] == "\\" else 1
+        if i >= n:
+            raise ConfigError(path, lineno, "pattern %r has no closing %s" % (value, close),
+                              "end the regex with %s" % close)
+        src = value[pos + 1:i]
+        j = i + 1
+        while j < n and value[j].isalpha():
+            j += 1
+        flags = value[i + 1:j]
+        if set(flags) - set("imsxgo"):
+            raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
+        terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j]))
+        pos = j
+        while pos < n and value[pos].isspace():
+            pos += 1
+        if pos >= n or value[pos] == "#":
+            break
+        op = value[pos:pos + 2]
+        if op not in ("&&", "||"):
+            raise ConfigError(path, lineno, "unexpected %r after pattern" % value[pos:],
+                              "join patterns with && or ||; swatch does not allow trailing text")
+        ops.add(op)
+        pos += 2
+    if len(ops) > 1:
+        raise ConfigError(path, lineno, "pattern mixes && and ||", "split it into two rules")
+    if all(t.negated for t in terms):
+        raise ConfigError(path, lineno, "pattern has only negated terms",
+                          "add a positive /regex/ so it matches something specific")
+    return Pattern(tuple(terms), ops == {"||"}, value[:pos].strip())
+
+
+def build_prefilter(rules: Sequence[Rule]) -> Optional[re.Pattern]:
+    alts = []
+    for r in rules:
+        if r.kind != "watchfor":
+            continue
+        positives = [t for t in r.pattern.terms if not t.negated]
+        if r.pattern.any_of and any(t.negated for t in r.pattern.terms):
+            return None
+        chosen = positives if r.pattern.any_of else positives[:1]
+        for t in chosen:
+            src = t.regex.pattern
+            if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]", src):
+                return None                       # back-references do not combine
+            src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
+            fl = ""
+            if t.regex.flags & re.IGNORECASE:
+                fl += "i"
+            if t.regex.flags & re.DOTALL:
+                fl += "s"
+            if t.regex.flags & re.VERBOSE:
+                fl += "x"
+            alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
+    if not alts:
+        return None
+    try:
+        return re.compile("|".join(alts), re.MULTILINE)
+    except (re.error, OverflowError, RecursionError):
+        return None
+
+
+def split_options(value: str, keys: Sequence[str]) -> Tuple[str, Dict[str, str]]:
+    """Peel trailing ',key=value' options of known keys off an action value,
+    so commas and '=' inside a command stay part of it (swatch loses them)."""
+    opts: Dict[str, str] = {}
+    rest = value
+    while True:
+        m = re.search(r",\s*([A-Za-z_]+)\s*(?:=\s*(.*?))?\s*$", rest)
+        if not m or m.group(1).lower() not in keys:
+            break
+        opts[m.group(1).lower()] = (m.group(2) or "1") if m.group(2) is not None else "1"
+        rest = rest[:m.start()]
+    m = re.match(r"^\s*([A-Za-z_]+)\s*=\s*(.*)$", rest)
+    if m and m.group(1).lower() in keys and "," not in rest:
+        opts[m.group(1).lower()] = m.group(2)
+        rest = ""
+    return rest.strip(), opts
+
+
+def split_commas(value: str) -> Tuple[List[str], Dict[str, str]]:
+    """'a,b,key=value' -> (['a', 'b'], {'key': 'value'}); quotes stripped."""
+    bare: List[str] = []
+    opts: Dict[str, str] = {}
+    for piece in value.split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        m = re.match(r"^([A-Za-z_]+)\s*=\s*(.*)$", piece)
+        if m:
+            opts[m.group(1).lower()] = unquote_value(m.group(2))
+        else:
+            bare.append(unquote_value(piece))
+    return bare, opts
+
+
+def unquote_value(v: str) -> str:
+    v = v.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+        v = v[1:-1]
+    return re.sub(r"\\([@ ,\"'])", r"\1", v)
+
+
+def find_shell_syntax(command: str) -> Optional[str]:
+    """The first piece of shell syntax a shell would act on, else None.
+    Single quotes hide everything; double quotes hide all but ` and $(."""
+    quote = ""
+    i, n = 0, len(command)
+    while i < n:
+        c = command[i]
+        if quote == "'":
+            if c == "'":
+                quote = ""
+        elif c == "\\":
+            i += 1
+        elif quote == '"':
+            if c == '"':
+                quote = ""
+            elif c == "`" or command.startswith("$(", i):
+                return command[i:i + 2]
+        elif c in "'\"":
+            quote = c
+        elif c == "`" or command.startswith("$(", i):
+            return command[i:i + 2]
+        elif c in "|;&<>":
+            return command[i:i + 2].strip() or c
+        i += 1
+    return None
+
+
+def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Template, ...]:
+    """Split an exec/pipe command once, like a shell would, into templates."""
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"' and value.count('"') == 2:
+        value = value[1:-1]                 # swatch configs often quote the whole command
+        value = re.sub(r"\\/", "/", value)
+    if not value:
+        raise ConfigError(path, lineno, "%s needs a command" % what, "e.g. %s /usr/local/bin/alert $_" % what)
+    bad = find_shell_syntax(value)
+    if bad:
+        raise ConfigError(
+            path, lineno, "%s command uses shell syntax %r: %s" % (what, bad, value),
+            "no shell runs here; to use one, pass the line as an argument: "
+            "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
+    try:
+        words = shlex.split(value.replace("\\@", "@"))
+    except ValueError as exc:
+        raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc),
+                          "balance the quotes") from None
+    templates = []
+    for w in words:
+        for m in TEMPLATE_VAR_RE.finditer(w):
+            if m.group(3) is not None:
+                raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
+                                  "only $_, $0, $1..$9 and ${name} are substituted; no shell expands the rest")
+        templates.append(Template.parse(w))
+    return tuple(templates)
+
+
+def parse_when(value: str, path: str, lineno: int) -> When:
+    m = re.match(r"^\s*(\*|\d+(?:-\d+)?)\s*:\s*(\*|\d+(?:-\d+)?)\s*$", value)
+    if not m:
+        raise ConfigError(path, lineno, "bad when=%s" % value,
+                          "write when=DAYS:HOURS, each '*', N or N-M (days 0-6 from Sunday, hours 0-23)")
+
+    def rng(s: str, hi: int) -> Tuple[int, int]:
+        if s == "*":
+            return 0, hi
+        a, _, b = s.partition("-")
+        lo, up = int(a), int(b or a)
+        if not (0 <= lo <= up <= hi):
+            raise ConfigError(path, lineno, "when=%s out of range" % value,
+                              "days are 0-6, hours 0-23, low-high")
+        return lo, up
+    return When(rng(m.group(1), 6), rng(m.group(2), 23))
+
+
+def parse_duration(text: str, path: str, lineno: int) -> float:
+    """throttle delays: [D:][H:]M:S, right-aligned like swatch."""
+    if not re.match(r"^\d+(:\d+){0,3}$", text.strip()):
+        raise ConfigError(path, lineno, "bad throttle delay %r" % text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
+    nums = [int(x) for x in text.strip().split(":")]
+    nums = [0] * (4 - len(nums)) + nums
+    return float(((nums[0] * 24 + nums[1]) * 60 + nums[2]) * 60 + nums[3])
+
+
+def parse_int(text: str, what: str, path: str, lineno: int, minimum: int = 0) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise ConfigError(path, lineno, "%s=%s is not a whole number" % (what, text),
+                          "give a number, e.g. %s=%d" % (what, max(minimum, 1))) from None
+    if v < minimum:
+        raise ConfigError(path, lineno, "%s=%d is below %d" % (what, v, minimum), "")
+    return v
+
+
+def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
+    if "@@" in value:
+        raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
+                          "replace the @@...@@ placeholders with real values")
+    if key in ("exec", "pipe"):
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        if opts.get("keep_open") is None and re.search(r"(^|,)\s*keep_open\s*$", rest, re.I):
+            rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
+        argv = parse_command(rest, path, lineno, key)
+        return Action(key, lineno, argv=argv, when=opt_when(opts, path, lineno),
+                      message=opt_message(opts), keep_open=opts.get("keep_open", "0") not in ("0", "", "no"))
+    if key == "echo":
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        modes = tuple(m.lower() for m in re.split(r"[\s,]+", rest) if m)
+        bad = [m for m in modes if m not in ECHO_MODES]
+        if bad:
+            raise ConfigError(path, lineno, "unknown echo mode %r" % bad[0],
+                              "echo takes modes like normal, bold, red; to print other text use echo,message=TEXT")
+        return Action("echo", lineno, modes=modes, when=opt_when(opts, path, lineno), message=opt_message(opts))
+    if key == "bell":
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        return Action("bell", lineno, count=parse_int(rest or "1", "bell", path, lineno, 1),
+                      when=opt_when(opts, path, lineno))
+    if key == "mail":
+        bare, opts = split_commas(value)
+        unknown = set(opts) - {"addresses", "subject", "mailer", "when", "message"}
+        if unknown:
+            raise ConfigError(path, lineno, "unknown mail option %s" % sorted(unknown)[0],
+                              "mail takes addresses=, subject=, mailer=, when=, message=")
+        addrs = opts.get("addresses") or ":".join(bare)
+        recipients = tuple(a.strip() for a in addrs.split(":") if a.strip())
+        mailer = parse_command(opts["mailer"], path, lineno, "mailer") if "mailer" in opts else ()
+        return Action("mail", lineno, recipients=recipients, argv=mailer,
+                      subject=Template.parse(opts.get("subject", "birdsentinel alert")),
+                      message=opt_message(opts), when=opt_when(opts, path, lineno))
+    if key == "write":
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        users = tuple(u for u in re.split(r"[:\s,]+", rest) if u)
+        if not users:
+            raise ConfigError(path, lineno, "write needs a user", "e.g. write root:admin")
+        return Action("write", lineno, recipients=users, when=opt_when(opts, path, lineno),
+                      message=opt_message(opts))
+    if key == "dm":
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        recips = tuple(r for r in re.split(r"[\s,]+", rest) if r)
+        for r in recips:
+            if not re.match(r"^(@[A-Za-z0-9_]{1,15}|[0-9]{1,19})$", r):
+                raise ConfigError(path, lineno, "bad DM recipient %r" % r,
+                                  "use @handle (1-15 letters, digits, _) or a numeric user id")
+        return Action("dm", lineno, recipients=recips, when=opt_when(opts, path, lineno),
+                      message=opt_message(opts))
+    if key == "tweet":
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+        if rest:
+            raise ConfigError(path, lineno, "unexpected %r after tweet" % rest, "tweet takes options only, e.g. tweet,defang=no")
+        return Action("tweet", lineno, when=opt_when(opts, path, lineno), message=opt_message(opts),
+                      defang=opts.get("defang", "yes").lower() not in ("no", "0", "off", "false"))
+    if key in ("continue", "quit"):
+        if value:
+            raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value), "")
+        return Action(key, lineno)
+    raise AssertionError(key)
+
+
+def opt_when(opts: Dict[str, str], path: str, lineno: int) -> Optional[When]:
+    return parse_when(opts["when"], path, lineno) if "when" in opts else None
+
+
+def opt_message(opts: Dict[str, str]) -> Optional[Template]:
+    if "message" not in opts:
+        return None
+    return Template.parse(unquote_value(opts["message"]).replace("\\n", "\n"))
+
+
+def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
+    _bare, opts = split_commas(value)
+    unknown = set(opts) - {"track_by", "type", "count", "seconds"}
+    if unknown or _bare:
+        raise ConfigError(path, lineno, "unknown threshold option %r" % (sorted(unknown) or _bare)[0],
+                          "threshold takes track_by=,type=,count=,seconds=")
+    t = opts.get("type", "")
+    if t not in THRESHOLD_TYPES:
+        hint = "types are limit, threshold and both (lower case)"
+        if t.lower() in THRESHOLD_TYPES:
+            hint = "write type=%s: swatch ignores %r silently and never alerts" % (t.lower(), t)
+        raise ConfigError(path, lineno, "unknown threshold type %r" % t, hint)
+    for k in ("count", "seconds"):
+        if k not in opts:
+            raise ConfigError(path, lineno, "threshold needs %s=" % k, "e.g. threshold type=limit,count=1,seconds=60")
+    return Threshold(t, parse_int(opts["count"], "count", path, lineno, 1),
+                     parse_int(opts["seconds"], "seconds", path, lineno, 1),
+                     Template.parse(opts.get("track_by", "")))
+
+
+def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
+    bare, opts = split_commas(value)
+    unknown = set(opts) - {"key", "threshold", "delay", "use"}
+    if unknown:
+        raise ConfigError(path, lineno, "unknown throttle option %r" % sorted(unknown)[0],
+                          "throttle takes [H:]M:S, key=, threshold=")
+    if "use" in opts:
+        raise ConfigError(path, lineno, "throttle use=%s is not supported" % opts["use"],
+                          "swatch ignores use= silently; write key=$1 with groups from the pattern instead")
+    delay_text = opts.get("delay") or (bare[0] if bare else "")
+    if not delay_text:
+        raise ConfigError(path, lineno, "throttle needs a delay", "e.g. throttle 15:00")
+    key = opts.get("key")
+    return Throttle(parse_duration(delay_text, path, lineno),
+                    None if key in (None, "log") else Template.parse(key),
+                    parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
+
+
+def parse_budget(value: str, path: str, lineno: int) -> Dict[str, Optional[float]]:
+    bare, opts = split_commas(value)
+    known = dict(DEFAULT_BUDGET)
+    if bare or set(opts) - set(known):
+        raise ConfigError(path, lineno, "unknown budget item %r" % (bare or sorted(set(opts) - set(known)))[0],
+                          "budget takes " + ",".join(k + "=N" for k in known))
+    out: Dict[str, Optional[float]] = {}
+    for k, v in opts.items():
+        try:
+            out[k] = float(v)
+            if out[k] < 0 or out[k] != out[k]:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(path, lineno, "budget %s=%s is not a number" % (k, v), "e.g. %s=15" % k) from None
+    return out
+
+
+def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
+    """Parse a config file (and its includes) into a Config."""
+    if text is None:
+        text = read_config_text(path, _stack[-1] if _stack else "", 0)
+    rules: List[Rule] = []
+    budget = dict(DEFAULT_BUDGET)
+    files = [path]
+    current: Optional[Rule] = None
+    for lineno, line in read_logical_lines(path, text):
+        key, value = split_keyword(line)
+        if not key:
+            hint = "rules start with watchfor /regex/"
+            if line.startswith("/"):
+                hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
+            raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
+        if key in ("perlcode", "perlocde"):
+            raise ConfigError(path, lineno, "perlcode is Perl, which birdsentinel does not run",
+                              "remove it and write its values into the patterns and actions")
+        if key in ("watchfor", "waitfor", "ignore"):
+            if not value:
+                raise ConfigError(path, lineno, "%s needs a pattern" % key, "e.g. %s /regex/" % key)
+            current = Rule("ignore" if key == "ignore" else "watchfor",
+                           parse_pattern(value, path, lineno), path, lineno)
+            rules.append(current)
+        elif key == "include":
+            inc = os.path.join(os.path.dirname(path), unquote_value(value))
+            if os.path.abspath(inc) in [os.path.abspath(p) for p in _stack + (path,)]:
+                raise ConfigError(path, lineno, "include loop through %s" % inc, "remove the circular include")
+            sub = parse_config(inc, read_config_text(inc, path, lineno), _stack + (path,))
+            rules.extend(sub.rules)
+            files.extend(sub.files)
+            budget.update({k: v for k, v in sub.budget.items() if v is not None or k == "usd_per_day"})
+            current = None
+        elif key == "budget":
+            budget.update(parse_budget(value, path, lineno))
+        elif key in ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue",
+                     "quit", "throttle", "threshold"):
+            if current is None:
+                raise ConfigError(path, lineno, "%s outside a watchfor block" % key,
+                                  "put it under a 'watchfor /regex/' line")
+            if current.kind == "ignore":
+                raise ConfigError(path, lineno, "%s under an ignore rule" % key,
+                                  "ignore drops the line; put actions under watchfor")
+            if key == "threshold":
+                if re.match(r"^(on|off|\d+)$", value.strip()):
+                    raise ConfigError(path, lineno, "per-action 'threshold %s' is not supported" % value,
+                                      "use a block threshold: threshold track_by=...,type=limit,count=N,seconds=S")
+                current.threshold = parse_threshold(value, path, lineno)
+            elif key == "throttle":
+                current.throttle = parse_throttle(value, path, lineno)
+            elif key == "continue":
+                current.cont = True
+            else:
+                current.actions.append(parse_action(key, value, path, lineno))
+        else:
+            raise ConfigError(path, lineno, "unknown keyword or action %r" % key,
+                              "actions are echo, bell, exec, pipe, mail, write, dm, tweet, continue, quit; "
+                              "custom Perl actions are not supported")
+    return Config(path, rules, budget, tuple(files))
+
+
+def read_config_text(path: str, parent: str, parent_line: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4 * 1024 * 1024 + 1)
+    except OSError as exc:
+        if parent:
+            raise ConfigError(parent, parent_line, "cannot read include %s: %s" % (path, exc.strerror), "") from None
+        raise ConfigError(path, 0, "cannot read config: %s" % exc.strerror,
+                          "check the path given with -c") from None
+    if len(data) > 4 * 1024 * 1024:
+        raise ConfigError(path, 0, "config larger than 4 MiB", "")
+    if b"\0" in data:
+        raise ConfigError(path, 1 + data[:data.index(b"\0")].count(b"\n"), "NUL byte in config", "")
+    return data.decode("utf-8", "replace")
+
+# ==== Thresholds =============================================================
+# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A
+# bucket is [first, events] with integer seconds of processing time.  A
+# clock that went backwards (now < first) ends the window instead of
+# freezing it for the length of the jump.
+
+
+def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
+    """Return (act?, new bucket).  With count=2 seconds=5 and one event a
+    second: limit acts on 0,1,5,6,10,11; threshold on 1,3,6,8,11; both on 1,6,11."""
+    expired = bucket is None or bucket[0] + th.seconds <= now or now < bucket[0]
+    if expired:
+        first, events = now, 1
+    else:
+        first, events = bucket[0], bucket[1] + 1
+    if th.type == "limit":
+        return events <= th.count, [first, events]
+    if th.type == "threshold":
+        if events >= th.count:
+            return True, [first, 0]
+        return False, [first, events]
+    return events == th.count, [first, events]          # both
+
+
+def throttle_fires(rec: Optional[List[float]], now: float, th: Throttle) -> Tuple[bool, str, List[float]]:
+    """swatch's throttle: the first event acts; later ones are counted and
+    suppressed until one arrives after LAST + delay, which acts with
+    ' (seen N times)'.  With threshold=N: act on every N-th event (at most
+    once per delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
+    if th.threshold:
+        last, count = (rec if rec is not None else [-1e18, 0])
+        count += 1
+        if count >= th.threshold and (now > last + th.delay or now < last):
+            return True, " (threshold %d exceeded)" % th.threshold, [now, 0]
+        return False, "", [last, count]
+    if rec is None:
+        return True, "", [now, 1]
+    last, count = rec
+    count += 1
+    if now > last + th.delay or now < last:
+        return True, " (seen %d times)" % count, [now, 0]
+    return False, "", [last, count]
+
+
+def throttle_key(th: Throttle, line: str, match: Optional[re.Match]) -> str:
+    if th.key is None:
+        return SYSLOG_STAMP_RE.sub("", line)
+    return th.key.expand(line, match)
+
+
+def prune_table(table: Dict[str, Any], horizon: float, max_entries: int = MAX_TABLE) -> None:
+    """Bound a counter table: when it grows past max_entries, drop entries
+    whose window started before horizon (they can no longer suppress)."""
+    if len(table) <= max_entries:
+        return
+    for k in [k for k, v in table.items() if v[0] < horizon]:
+        del table[k]
+    while len(table) > max_entries:                      # still too many: oldest first
+        del table[min(table, key=lambda k: table[k][0])]
+
+
+# ==== Messages ===============================================================
+
+ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
+                     r"|\x1b\[[0-?]*[ -/]*[@-~]?"              # CSI
+                     r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
+                     r"|\x1b.?")
+CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+COMMON_TLDS = ("com|net|org|info|biz|edu|gov|mil|int|io|app|dev|xyz|online|site|top|club|shop|"
+               "store|tech|cloud|link|click|live|news|blog|page|website|space|pro|name|mobi|"
+               "asia|tel|travel|jobs|services|email|network|systems|solutions|zone|today|life|"
+               "world|fun|win|vip|work|ink|icu|buzz|lol|support|host|digital|social|media")
+URL_RE = re.compile(r"(?i)\b(?:(?:https?|ftp)://[^\s/?#]+|(?:[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.)+"
+                    r"(?:[a-z]{2}|" + COMMON_TLDS + r")\b)(?::\d{1,5})?(?:[/?#][^\s]*)?")
+URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
+
+
+def sanitize(text: str) -> str:
+    """Remove ANSI/OSC escapes and control characters (tab becomes a space),
+    so a log line cannot drive a terminal or forge a message's layout."""
+    text = ANSI_RE.sub("", text).replace("\t", " ")
+    return CONTROL_RE.sub("", text)
+
+
+def char_weight(ch: str) -> int:
+    cp = ord(ch)
+    for lo, hi in TWEET_WEIGHT1_RANGES:
+        if lo <= cp <= hi:
+            # emoji-like symbols in the light ranges (e.g. (c), (R)) may count
+            # 2 for X: count them 2 so we never under-count.
+            return 2 if unicodedata.category(ch) == "So" else 1
+    return 2
+
+
+def tweet_weight(text: str) -> int:
+    """X's weighted length (twitter-text v3): NFC, code points weigh 1 or 2,
+    every URL 23.  Errs on the long side, never the short one."""
+    text = unicodedata.normalize("NFC", text)
+    total, pos = 0, 0
+    for m in URL_RE.finditer(text):
+        total += sum(char_weight(c) for c in text[pos:m.start()]) + TWEET_URL_WEIGHT
+        pos = m.end()
+    return total + sum(char_weight(c) for c in text[pos:])
+
+
+def has_url(text: str) -> bool:
+    return URL_RE.search(text) is not None
+
+
+def defang(text: str) -> str:
+    """Make URLs and domain names inert: hxxps://example[.]com.  A post with
+    a link costs $0.20 instead of $0.015 and looks like spam."""
+    def fix(m: re.Match) -> str:
+        s = URL_SCHEME_RE.sub(lambda s: s.group(1).lower().replace("t", "x") + "[:]//", m.group(0))
+        return s.replace(".", "[.]")
+    return URL_RE.sub(fix, text)
+
+
+def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[str]:
+    """Split text into parts of at most `limit` (as weighed), each ending in
+    ' (i/n)' when there is more than one, preferring to cut at spaces."""
+    if weigh(text) <= limit:
+        return [text]
+    for digits in range(1, 6):
+        marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
+        parts = _greedy_split(text, limit - marker_room, weigh)
+        if len(str(len(parts))) <= digits:
+            n = len(parts)
+            return ["%s (%d/%d)" % (p, i, n) for i, p in enumerate(parts, 1)]
+    raise ValueError("message too long to split")
+
+
+def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str]:
+    parts: List[str] = []
+    rest = text
+    while rest:
+        if weigh(rest) <= room:
+            parts.append(rest.strip())
+            break
+        lo, hi = 1, len(rest)                 # longest prefix that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if weigh(rest[:mid]) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        cut = lo
+        space = rest.rfind(" ", 0, cut + 1)
+        if space > cut // 2:
+            cut = space
+        parts.append(rest[:cut].strip())
+        rest = rest[cut:].strip()
+    return parts
+
+
+def message_parts(kind: str, text: str) -> List[str]:
+    if kind == "dm":
+        return split_message(text, DM_MAX_CHARS, len)
+    return split_message(text, TWEET_MAX_WEIGHT, tweet_weight)
+
+
+def format_alert(hostname: str, text: str) -> str:
+    return "[%s] %s" % (hostname, sanitize(text))
+
+
+def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
+    """'+N alerts since HH:MM:SS:' and as many held lines as fit in one
+    message (the first one cut short if it alone is too long).  Returns
+    (text, how many held lines it carries)."""
+    head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
+                                     time.strftime("%H:%M:%S", time.localtime(since)))
+    weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
+    limit = limit or (DM_MAX_CHARS if kind == "dm" else TWEET_MAX_WEIGHT)
+    text, used = head, 0
+    for line in held:
+        candidate = text + "\n" + line
+        if weigh(candidate) > limit:
+            break
+        text, used = candidate, used + 1
+    if used == 0 and held:                      # always carry at least one line
+        first = split_message(held[0], limit - weigh(head) - 1, weigh)[0]
+        text, used = head + "\n" + first, 1
+    return text, used
+
+
+# ==== State and outbox =======================================================
+# Every write is atomic (temp file in the same directory, fsync, rename,
+# fsync of the directory): a crash leaves the old file or the new one.
+
+
+def fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace path with data so that a crash leaves either file whole."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".birdsentinel-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def new_state() -> Dict[str, Any]:
+    return {"version": STATE_VERSION, "files": {}, "thresholds": {}, "throttles": {},
+            "users": {}, "sent": {"dm": [], "tweet": []}, "spend": [],
+            "held": {"dm": 0, "tweet": 0}, "blocked_until": {}, "tweet_seq": 0,
+            "dead": 0}
+
+
+def valid_state(data: Any) -> bool:
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        return False
+    return all(isinstance(data.get(k), t) for k, t in
+               (("files", dict), ("thresholds", dict), ("throttles", dict), ("users", dict)))
+
+
+class StateStore:
+    """The versioned JSON state file.  A failed save keeps the old file and
+    is logged once per cause; the next save retries."""
+
+    def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
+        self.path = path
+        self.writer = writer
+        self.failing: Optional[str] = None
+
+    def load(self) -> Tuple[Dict[str, Any], bool]:
+        """(state, found): a missing file gives a new state; a corrupt one is
+        reported, kept aside as FILE.corrupt, and gives a new state."""
+        try:
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return new_state(), False
+        except OSError as exc:
+            raise StateError("cannot read state file %s: %s" % (self.path, exc.strerror)) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if not valid_state(data):
+                raise ValueError("not a version %d state" % STATE_VERSION)
+        except (ValueError, UnicodeDecodeError) as exc:
+            LOG.error("state file %s is corrupt (%s): each file restarts from its end; "
+                      "the bad copy is kept as %s.corrupt", self.path, str(exc)[:80], self.path)
+            try:
+                os.replace(self.path, self.path + ".corrupt")
+            except OSError:
+                pass
+            return new_state(), False
+        base = new_state()
+        base.update(data)
+        return base, True
+
+    def save(self, state: Dict[str, Any]) -> bool:
+        data = json.dumps(state, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        try:
+            self.writer(self.path, data)
+        except OSError as exc:
+            cause = exc.strerror or str(exc)
+            if cause != self.failing:
+                LOG.error("cannot write state file %s: %s; keeping the previous one and retrying",
+                          self.path, cause)
+            self.failing = cause
+            return False
+        if self.failing:
+            LOG.warning("state file %s is writable again", self.path)
+            self.failing = None
+        return True
+
+
+def acquire_lock(state_path: str) -> int:
+    """An exclusive lock beside the state file: one instance per state."""
+    lock_path = state_path + ".lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateError("cannot create lock file %s: %s" % (lock_path, exc.strerror)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            other = "?"
+        os.close(fd)
+        raise LockedError("another birdsentinel (pid %s) is already using state file %s"
+                          % (other or "?", state_path)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
+class Outbox:
+    """Messages waiting for X, as an append-only journal of JSON lines:
+    {"op":"add",...} when matched, {"op":"done","id":N} when X accepted it
+    (or it went to the dead-letter file).  It is fsynced before the log
+    offsets are saved, so a kill -9 at any point loses no alert."""
+
+    def __init__(self, path: str, dead_path: str, fsync: bool = True) -> None:
+        self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
+        self.entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
+        self.next_id = 1
+        self.lock = threading.RLock()
+        self.durable = True
+        self.failing: Optional[str] = None
+        self.done_since_compact = 0
+
+    def load(self) -> None:
+        with self.lock:
+            try:
+                with open(self.path, "rb") as fh:
+                    raw = fh.read()
+            except FileNotFoundError:
+                raw = b""
+            except OSError as exc:
+                raise StateError("cannot read outbox %s: %s" % (self.path, exc.strerror)) from None
+            torn = 0
+            for line in raw.split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line.decode("utf-8"))
+                    op, ident = rec["op"], int(rec["id"])
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    torn += 1                   # a write cut short by a crash
+                    continue
+                if op == "add":
+                    self.entries[ident] = rec
+                elif op == "done":
+                    self.entries.pop(ident, None)
+                self.next_id = max(self.next_id, ident + 1)
+            if torn:
+                LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, torn)
+            if raw:
+                self.compact()
+            if self.entries:
+                LOG.info("outbox %s holds %d message(s) from an earlier run", self.path, len(self.entries))
+
+    def _append(self, records: Sequence[Dict[str, Any]]) -> None:
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
+        try:
+            if not self.durable:
+                self.compact()                  # rewrite all, including what was only in memory
+                if not self.durable:
+                    return
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data)
+                if self.do_fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.failing:
+                LOG.warning("outbox %s is writable again", self.path)
+                self.failing = None
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        cause = exc.strerror or str(exc)
+        if cause != self.failing:
+            LOG.error("cannot write outbox %s: %s; messages are kept in memory and log offsets "
+                      "are not saved until it works again", self.path, cause)
+        self.failing = cause
+        self.durable = False
+
+    def compact(self) -> None:
+        with self.lock:
+            data = b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
+                            for e in self.entries.values())
+            try:
+                atomic_write(self.path, data)
+                self.durable = True
+                self.done_since_compact = 0
+                if self.failing:
+                    LOG.warning("outbox %s is writable again", self.path)
+                    self.failing = None
+            except OSError as exc:
+                self._failed(exc)
+
+    def add(self, kind: str, to: str, text: str, now: float,
+            extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        with self.lock:
+            entry = {"op": "add", "id": self.next_id, "kind": kind, "to": to, "text": text, "t": now}
+            entry.update(extra or {})
+            self.next_id += 1
+            self.entries[entry["id"]] = entry
+            self._append([entry])
+            return entry
+
+    def done(self, ids: Sequence[int]) -> None:
+        with self.lock:
+            ids = [i for i in ids if i in self.entries]
+            for i in ids:
+                del self.entries[i]
+            self._append([{"op": "done", "id": i} for i in ids])
+            self.done_since_compact += len(ids)
+            if not self.entries and self.done_since_compact > 1000:
+                self.compact()
+
+    def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
+        rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
+        try:
+            fd = os.open(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps(rec).encode("utf-8") + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            LOG.error("cannot write dead-letter file %s: %s; the message stays in the outbox",
+                      self.dead_path, exc.strerror)
+            return
+        self.done([entry["id"]])
+
+    def pending(self) -> List[Dict[str, Any]]:
+        with self.lock:
+            return list(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+# ==== Tailing ================================================================
+# Byte offsets; a file is (st_dev, st_ino) plus a hash of its first bytes.
+# Rotation is noticed three ways, as fail2ban does: the path names another
+# inode (rename+create, delete+create), the file is shorter than our offset
+# (truncate, copytruncate), or its first bytes changed while it kept its
+# inode and grew past our offset before we looked (copytruncate race).
+
+ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
+
+
+def fingerprint(fd: int, length: int) -> str:
+    data = os.pread(fd, length, 0)
+    return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest())
+
+
+def fp_length(fp: str) -> int:
+    try:
+        return int(fp.split(":", 1)[0])
+    except ValueError:
+        return 0
+
+
+class LineSplitter:
+    """Bytes in, complete lines out (as one decoded text block ending in a
+    newline).  Holds a partial last line until its newline arrives; keeps
+    only the first MAX_LINE bytes of a longer line."""
+
+    def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
+        self.name = name
+        self.max_line = max_line
+        self.pending = b""
+        self.discarding = False
+        self.discarded = 0
+
+    def feed(self, chunk: bytes) -> str:
+        """Return the complete lines this chunk finishes, as text."""
+        out: List[bytes] = []
+        if self.discarding:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self.discarded += len(chunk)
+                return ""
+            LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
+                        self.name, self.max_line + self.discarded + nl, self.max_line)
+            out.append(self.pending + b"\n")
+            self.pending, self.discarding, self.discarded = b"", False, 0
+            chunk = chunk[nl + 1:]
+        data = self.pending + chunk if self.pending else chunk
+        last = data.rfind(b"\n")
+        if last >= 0:
+            out.append(data[:last + 1])
+            rest = data[last + 1:]
+        else:
+            rest = data
+        if len(rest) > self.max_line:            # memory stays bounded
+            self.pending = bytes(rest[:self.max_line])
+            self.discarding = True
+            self.discarded = len(rest) - self.max_line
+        else:
+            self.pending = bytes(rest)
+        if not out:
+            return ""
+        block = b"".join(out)
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        return block.decode("utf-8", "replace")
+
+    def held(self) -> int:
+        """Bytes read that belong to the unfinished last line."""
+        return len(self.pending) + self.discarded
+
+    def reset(self) -> None:
+        self.pending, self.discarding, self.discarded = b"", False, 0
+
+
+@dataclass
+class Handle:
+    """An open log file being read."""
+
+    fd: int
+    ident: Tuple[int, int]
+    pos: int                                 # next byte to read
+    offset: int                              # start of the first unfinished line
+    fp: str
+    splitter: LineSplitter
+    last_growth: float = 0.0
+
+
+class FileTailer:
+    """Follows one path across rotations without losing lines."""
+
+    def __init__(self, path: str, on_text: Callable[[str], None],
+                 saved: Optional[Dict[str, Any]] = None, start_at_end: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.on_text = on_text
+        self.clock = clock
+        self.cur: Optional[Handle] = None
+        self.retired: List[Handle] = []
+        self.saved = saved
+        self.start_at_end = start_at_end
+        self.started = False
+        self.missing_logged = False
+        self.error_logged: Optional[str] = None
+
+    # -- opening ---------------------------------------------------------
+    def _open(self) -> Optional[Tuple[int, os.stat_result]]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if not self.missing_logged:
+                LOG.warning("%s does not exist (yet): waiting for it", self.path)
+                self.missing_logged = True
+            return None
+        except OSError as exc:
+            if exc.strerror != self.error_logged:
+                LOG.error("cannot read %s: %s; the other files are still watched", self.path, exc.strerror)
+                self.error_logged = exc.strerror
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
+            os.close(fd)
+            if self.error_logged != "not a file":
+                LOG.error("%s is not a regular file", self.path)
+                self.error_logged = "not a file"
+            return None
+        if self.error_logged:
+            LOG.warning("%s is readable again", self.path)
+        self.missing_logged = False
+        self.error_logged = None
+        return fd, st
+
+    def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
+        return Handle(fd, (st.st_dev, st.st_ino), pos, pos, fingerprint(fd, FINGERPRINT_LEN),
+                      LineSplitter(self.path), self.clock())
+
+    def _start(self) -> None:
+        """First open: resume from the saved offset, or begin at the end."""
+        opened = self._open()
+        if opened is None:
+            if self.saved:
+                self._finish_rotated_sibling(self.saved)
+                self.saved = None
+            self.start_at_end = False           # a file that appears later is all new
+            return
+        fd, st = opened
+        self.started = True
+        saved, self.saved = self.saved, None
+        if saved is None:
+            pos = st.st_size if self.start_at_end else 0
+            self.cur = self._handle(fd, st, pos)
+            return
+        same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+        fp_saved = str(saved.get("fp", ""))
+        fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+        offset = int(saved.get("offset", 0))
+        if same_inode and fp_now == fp_saved:
+            if st.st_size < offset:
+                LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
+                            "truncated or tampered with; reading from the start", self.path, st.st_size, offset)
+                offset = 0
+            self.cur = self._handle(fd, st, offset)
+            return
+        # The path holds other content than when we stopped: it was rotated.
+        why = "copied and truncated" if same_inode else "rotated"
+        LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
+                    "the new one from the start", self.path, why)
+        self._finish_rotated_sibling(saved)
+        self.cur = self._handle(fd, st, 0)
+
+    def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
+        """logtail2's rule: after a rotation while stopped, finish the old
+        file (path.1, path-DATE, ...) from the saved offset if we find it by
+        inode, or by first bytes (copytruncate)."""
+        directory, base = os.path.split(self.path)
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            return
+        fp_saved = str(saved.get("fp", ""))
+        for name in sorted(names):
+            if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
+                continue
+            cand = os.path.join(directory, name)
+            try:
+                fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            same = (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino"))
+            if not same and not (fp_saved and fingerprint(fd, fp_length(fp_saved)) == fp_saved):
+                os.close(fd)
+                continue
+            offset = int(saved.get("offset", 0))
+            if st.st_size < offset:
+                offset = 0
+            LOG.info("finishing %s from byte %d (the rotated %s)", cand, offset, self.path)
+            h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(cand), self.clock())
+            self._drain(h)
+            self._flush_partial(h)
+            os.close(fd)
+            return
+
+    # -- reading ---------------------------------------------------------
+    def _drain(self, h: Handle) -> int:
+        """Read what h's file has beyond h.pos; return bytes read."""
+        total = 0
+        while True:
+            try:
+                chunk = os.pread(h.fd, READ_BLOCK, h.pos)
+            except OSError as exc:
+                LOG.error("cannot read %s: %s", self.path, exc.strerror)
+                return total
+            if not chunk:
+                break
+            h.pos += len(chunk)
+            total += len(chunk)
+            text = h.splitter.feed(chunk)
+            h.offset = h.pos - h.splitter.held()
+            if text:
+                self.on_text(text)
+            if len(chunk) < READ_BLOCK:
+                break
+        if total:
+            h.last_growth = self.clock()
+            if fp_length(h.fp) < FINGERPRINT_LEN:
+                h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+        return total
+
+    def _flush_partial(self, h: Handle) -> None:
+        """A rotated file will not get its last newline: emit what is held."""
+        if h.splitter.pending:
+            text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
+            h.splitter.reset()
+            self.on_text(text + "\n")
+
+    def _retire(self, h: Handle) -> None:
+        self.retired.append(h)
+        while len(self.retired) > 4:
+            old = self.retired.pop(0)
+            self._flush_partial(old)
+            os.close(old.fd)
+
+    def poll(self) -> int:
+        """Read everything new; handle rotation.  Returns bytes read."""
+        total = 0
+        now = self.clock()
+        for h in list(self.retired):            # writers may still append after a rename
+            total += self._drain(h)
+            if now - h.last_growth > RETIRED_GRACE:
+                self._flush_partial(h)
+                os.close(h.fd)
+                self.retired.remove(h)
+        if self.cur is None:
+            if not self.started:
+                self._start()
+            else:
+                opened = self._open()
+                if opened is not None:
+                    LOG.info("%s appeared: reading it from the start", self.path)
+                    self.cur = self._handle(opened[0], opened[1], 0)
+            if self.cur is None:
+                return total
+            total += self._drain(self.cur)
+            return total
+        h = self.cur
+        size = os.fstat(h.fd).st_size
+        if size < h.pos:
+            # copytruncate, or ': > file'
+            LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
+                        "reading from the start", self.path, h.pos, size)
+            self._restart_at_zero(h)
+        elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+            # truncated, then written past our offset before we looked
+            LOG.warning("%s was truncated and rewritten (its first bytes changed): "
+                        "reading from the start", self.path)
+            self._restart_at_zero(h)
+        total += self._drain(h)                  # the inode we hold, to its end
+        try:
+            st: Optional[os.stat_result] = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            LOG.error("cannot stat %s: %s", self.path, exc.strerror)
+            return total
+        if st is None or (st.st_dev, st.st_ino) != h.ident:
+            # rename+create (logrotate create) or delete+create: keep reading
+            # the old inode for a while, follow the new file from its start.
+            self.cur = None
+            self._retire(h)
+            if st is None:
+                LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
+            else:
+                LOG.info("%s was rotated: following the new file from its start", self.path)
+                opened = self._open()
+                if opened is not None:
+                    self.cur = self._handle(opened[0], opened[1], 0)
+                    total += self._drain(self.cur)
+        return total
+
+    def _restart_at_zero(self, h: Handle) -> None:
+        h.pos = h.offset = 0
+        h.splitter.reset()
+        h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+
+    def snapshot(self) -> Optional[Dict[str, Any]]:
+        """What the state file keeps for this path."""
+        h = self.cur
+        if h is None:
+            return self.saved
+        return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
+
+    def close(self) -> None:
+        for h in self.retired + ([self.cur] if self.cur else []):
+            try:
+                os.close(h.fd)
+            except OSError:
+                pass
+        self.retired, self.cur = [], None
+
+# ==== X API client ===========================================================
+# OAuth 1.0a user context over urllib.  The opener, clock and nonce are
+# parameters, so tests drive it without a network or real time.
+
+
+class Credentials:
+    """The four secrets.  repr() and str() never show them."""
+
+    __slots__ = ("consumer_key", "consumer_secret", "token", "token_secret")
+
+    def __init__(self, consumer_key: str, consumer_secret: str, token: str = "", token_secret: str = "") -> None:
+        self.consumer_key, self.consumer_secret = consumer_key, consumer_secret
+        self.token, self.token_secret = token, token_secret
+
+    def __repr__(self) -> str:
+        return "Credentials(<4 values hidden>)"
+
+    __str__ = __repr__
+
+    def values(self) -> Tuple[str, ...]:
+        return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
+
+
+def read_secret(path: str, check_mode: bool = True) -> str:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CredentialsError("missing credential file %s" % path) from None
+    except OSError as exc:
+        raise CredentialsError("cannot read credential file %s: %s" % (path, exc.strerror)) from None
+    if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        raise CredentialsError(
+            "refusing credential file %s: mode %04o lets other users read or change it; "
+            "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            value = fh.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError("cannot read credential file %s: %s"
+                               % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
+    if not value or any(c.isspace() for c in value):
+        raise CredentialsError("credential file %s must hold one value on one line" % path)
+    return value
+
+
+def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
+    """systemd's $CREDENTIALS_DIRECTORY wins when it holds the files.
+    Returns (directory, whether modes are checked)."""
+    cred = env.get("CREDENTIALS_DIRECTORY")
+    if cred and os.path.exists(os.path.join(cred, "consumer-key")):
+        return cred, False                       # systemd made them private to us
+    return twitter_dir, True
+
+
+def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = True) -> Credentials:
+    directory, check = credential_dir(twitter_dir, env)
+    names = SECRET_NAMES if need_token else SECRET_NAMES[:2]
+    values = [read_secret(os.path.join(directory, n), check) for n in names]
+    return Credentials(*values)
+
+
+def check_api_base(url: str) -> str:
+    """https anywhere; plain http only to a loopback address (tests)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url.rstrip("/")
+    if parts.scheme == "http" and host:
+        try:
+            loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loop = False
+        if loop:
+            return url.rstrip("/")
+        raise BirdError("refusing plain http API base %s: credentials would cross the network "
+                        "unencrypted; use https (http is allowed only for loopback)" % url)
+    raise BirdError("bad API base %r: give https://host" % url)
+
+
+@dataclass
+class XResponse:
+    status: int
+    headers: Dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def form(self) -> Dict[str, str]:
+        """Token replies are form-encoded, whatever their Content-Type says."""
+        return dict(urllib.parse.parse_qsl(self.body.decode("utf-8", "replace")))
+
+    def detail(self) -> str:
+        """X's own words for an error: problem 'detail', or errors[0]."""
+        data = self.json()
+        text = ""
+        if isinstance(data, dict):
+            text = str(data.get("detail") or data.get("title") or "")
+            errs = data.get("errors")
+            if not text and isinstance(errs, list) and errs and isinstance(errs[0], dict):
+                text = str(errs[0].get("detail") or errs[0].get("message") or "")
+        if not text:
+            text = self.body[:200].decode("utf-8", "replace")
+        return sanitize(text)[:300] or "HTTP %d" % self.status
+
+
+def default_opener(ca_file: Optional[str] = None) -> Callable[[urllib.request.Request, float], Any]:
+    ctx = ssl.create_default_context(cafile=ca_file)       # verification always on
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx))
+
+    def open_(req: urllib.request.Request, timeout: float) -> Any:
+        return opener.open(req, timeout=timeout)
+    return open_
+
+
+class XClient:
+    """Signs and sends one request at a time; never retries by itself."""
+
+    def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
+                 opener: Optional[Callable[[urllib.request.Request, float], Any]] = None,
+                 clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
+                 timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
+        self.creds = creds
+        self.api_base = check_api_base(api_base)
+        self.opener = opener or default_opener(ca_file)
+        self.clock, self.nonce, self.timeout = clock, nonce, timeout
+
+    def __repr__(self) -> str:
+        return "XClient(%s)" % self.api_base
+
+    def call(self, method: str, path: str, json_body: Any = None, query: Optional[Dict[str, str]] = None,
+             token: Optional[Tuple[str, str]] = None, extra_oauth: Sequence[Tuple[str, str]] = ()) -> XResponse:
+        url = self.api_base + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+        tok, tok_secret = token if token is not None else (self.creds.token, self.creds.token_secret)
+        auth = sign_request(method, url, self.creds.consumer_key, self.creds.consumer_secret, tok, tok_secret,
+                            nonce=self.nonce(), timestamp=str(int(self.clock())), extra_oauth=extra_oauth)
+        data = None
+        headers = {"Authorization": auth, "User-Agent": "birdsentinel/" + __version__}
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"    # not signed: RFC 5849 3.4.1.3.1
+        elif method == "POST":
+            data = b""
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        host = urllib.parse.urlsplit(url).netloc
+        try:
+            resp = self.opener(req, self.timeout)
+            status = getattr(resp, "status", None) or resp.getcode()
+        except urllib.error.HTTPError as err:
+            resp, status = err, err.code
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise XNetworkError("cannot reach X at %s: %s" % (host, sanitize(str(reason))[:200])) from None
+        try:
+            body = resp.read(1 << 20)
+        except (OSError, ValueError) as exc:
+            raise XNetworkError("connection to %s broke while reading the answer: %s"
+                                % (host, sanitize(str(exc))[:200])) from None
+        finally:
+            try:
+                resp.close()
+            except Exception:
+                pass
+        hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
+        return XResponse(int(status), hdrs, body)
+
+    # -- endpoints -------------------------------------------------------
+    def send_dm(self, recipient_id: str, text: str) -> XResponse:
+        return self.call("POST", "/2/dm_conversations/with/%s/messages" % urllib.parse.quote(recipient_id),
+                         json_body={"text": text})
+
+    def post_tweet(self, text: str) -> XResponse:
+        return self.call("POST", "/2/tweets", json_body={"text": text})
+
+    def user_by_username(self, name: str) -> XResponse:
+        return self.call("GET", "/2/users/by/username/%s" % urllib.parse.quote(name))
+
+    def me(self) -> XResponse:
+        return self.call("GET", "/2/users/me")
+
+    def request_token(self) -> XResponse:
+        return self.call("POST", "/oauth/request_token", token=("", ""),
+                         extra_oauth=(("oauth_callback", "oob"),))
+
+    def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
+        return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
+                         extra_oauth=(("oauth_verifier", pin),))
+
+
+def classify_status(status: int) -> str:
+    """ok, rate (wait for the reset), auth (credentials), permanent (this
+    message will never go), retry (back off and try again)."""
+    if status in (200, 201):
+        return "ok"
+    if status == 429:
+        return "rate"
+    if status == 401:
+        return "auth"
+    if 400 <= status < 500 and status not in (408, 409, 425):
+        return "permanent"
+    return "retry"
+
+
+def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Optional[float]:
+    """When X says a window is used up, the epoch time it reopens.  The
+    24-hour headers win when their remaining count is 0.  After a 429
+    without usable headers, wait a minute."""
+    def num(name: str) -> Optional[float]:
+        try:
+            return float(headers[name])
+        except (KeyError, ValueError):
+            return None
+    until: Optional[float] = None
+    for prefix in ("x-user-limit-24hour-", "x-app-limit-24hour-", "x-rate-limit-"):
+        rem, reset = num(prefix + "remaining"), num(prefix + "reset")
+        if rem is not None and rem <= 0 and reset is not None:
+            until = max(until or 0.0, reset)
+    if limited and (until is None or until <= now):
+        reset = num("x-rate-limit-reset")
+        until = reset if reset is not None and reset > now else now + 60.0
+    if until is not None and until <= now:
+        return None
+    return until
+
+
+def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential back-off with jitter: about base*2^attempt, at most cap."""
+    d = min(cap, base * (2 ** min(attempt, 30)))
+    return d / 2 + rng.random() * d / 2
+
+
+def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequence[float],
+                     spend: Sequence[Sequence[float]], now: float, price: float) -> Tuple[int, float]:
+    """How many more messages of `kind` the local budget allows now, and
+    when the next one frees up if none.  Sends stamped in the future (the
+    clock went back) still count: the budget errs on the side of silence."""
+    allowed = 1 << 30
+    free_at = now
+    for window, key in ((WINDOW_15M, kind + "_per_15m"), (WINDOW_DAY, kind + "_per_day")):
+        limit = budget.get(key)
+        if limit is None:
+            continue
+        recent = sorted(t for t in sent if t > now - window)
+        left = int(limit) - len(recent)
+        if left <= 0:
+            idx = len(recent) - int(limit)
+            free_at = max(free_at, (recent[idx] if recent else now) + window)
+        allowed = min(allowed, left)
+    cap = budget.get("usd_per_day")
+    if cap is not None:
+        recent_spend = sorted((t, u) for t, u in spend if t > now - WINDOW_DAY)
+        spent = sum(u for _, u in recent_spend)
+        left = int((cap - spent + 1e-9) // price) if price > 0 else allowed
+        if left <= 0:
+            free_at = max(free_at, (recent_spend[0][0] if recent_spend else now) + WINDOW_DAY)
+        allowed = min(allowed, left)
+    return max(allowed, 0), free_at
+
+
+def message_price(kind: str, text: str) -> float:
+    if kind == "tweet" and has_url(text):
+        return PRICE_USD["tweet_url"]
+    return PRICE_USD[kind]
+
+
+def tweet_text(text: str, seq: int, defang_urls: bool) -> str:
+    """What a post says: defanged, and unique (X refuses duplicates)."""
+    if defang_urls:
+        text = defang(text)
+    return "%s [#%d]" % (text, seq)
+
+
+class Deliverer:
+    """Drains the outbox in order, within X's limits and the local budget.
+    step() does at most one send and says how long to wait before the next
+    call, so tests drive it with a fake clock."""
+
+    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any],
+                 state_lock: threading.RLock, budget: Dict[str, Optional[float]],
+                 clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None) -> None:
+        self.outbox, self.client, self.state, self.lock = outbox, client, state, state_lock
+        self.budget = budget
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.retry_at = 0.0
+        self.attempts = 0
+        self.auth_until = 0.0
+        self.auth_logged = False
+        self.held_logged: Dict[str, float] = {}
+        self.progress: Dict[int, int] = {}      # entry id -> parts already sent
+        self.failures = 0
+        self.sent_count = 0
+
+    def nudge(self) -> None:
+        """SIGHUP: retry now what waits for credentials or a back-off."""
+        self.retry_at = 0.0
+        self.auth_until = 0.0
+
+    # -- helpers ---------------------------------------------------------
+    def _blocked(self, kind: str, now: float) -> float:
+        return float(self.state["blocked_until"].get(kind, 0.0))
+
+    def _resolve(self, entry: Dict[str, Any]) -> Optional[str]:
+        """Recipient id for a DM, from the cache or one lookup.  None: dead-lettered or retry later."""
+        to = entry["to"]
+        if re.match(r"^[0-9]{1,19}$", to):
+            return to
+        key = to.lower() if to else "@me"
+        with self.lock:
+            cached = self.state["users"].get(key)
+        if cached:
+            return str(cached)
+        assert self.client is not None
+        resp = self.client.me() if not to else self.client.user_by_username(to.lstrip("@"))
+        if self.handle_failure(resp, entry, "looking up %s" % (to or "the account")):
+            return None
+        data = resp.json()
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict) or "id" not in data["data"]:
+            self.dead(entry, "no such X user %s" % to)
+            return None
+        uid = str(data["data"]["id"])
+        with self.lock:
+            self.state["users"][key] = uid
+        LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
+        return uid
+
+    def dead(self, entry: Dict[str, Any], reason: str) -> None:
+        LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"],
+                  entry["to"] or "self", reason, self.outbox.dead_path)
+        self.outbox.dead(entry, reason, self.clock())
+        with self.lock:
+            self.state["dead"] = int(self.state.get("dead", 0)) + 1
+        self.progress.pop(entry["id"], None)
+
+    def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str) -> bool:
+        """React to a non-success answer; True when it was one."""
+        cls = classify_status(resp.status)
+        now = self.clock()
+        until = rate_limit_until(resp.headers, now, cls == "rate")
+        if until is not None:
+            with self.lock:
+                self.state["blocked_until"][entry["kind"]] = until
+        if cls == "ok":
+            return False
+        if cls == "rate":
+            LOG.warning("X rate limit (429) while %s: holding %s messages until %s",
+                        doing, entry["kind"], time.strftime("%H:%M:%S", time.localtime(until or now + 60)))
+        elif cls == "auth":
+            if not self.auth_logged:
+                LOG.critical("X REJECTED THE CREDENTIALS (401: %s) while %s: the tokens are wrong or "
+                             "revoked. Nothing is lost: %d message(s) wait in %s; retrying every %d min "
+                             "and at SIGHUP. Fix with --authorize.", resp.detail(), doing,
+                             len(self.outbox), self.outbox.path, AUTH_RETRY // 60)
+                self.auth_logged = True
+            self.auth_until = now + AUTH_RETRY
+        elif cls == "permanent":
+            self.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()))
+        else:
+            self._retry_later("HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
+        return True
+
+    def _retry_later(self, why: str) -> None:
+        self.failures += 1
+        delay = backoff_delay(self.attempts, self.rng)
+        self.attempts += 1
+        self.retry_at = self.clock() + delay
+        if self.attempts <= 3 or self.attempts & (self.attempts - 1) == 0:
+            LOG.warning("delivery failed: %s; retry %d in %.0f s (%d waiting)",
+                        why, self.attempts, delay, len(self.outbox))
+
+    # -- one step --------------------------------------------------------
+    def step(self) -> float:
+        """Send at most one message (or digest).  Returns seconds to wait."""
+        now = self.clock()
+        pending = self.outbox.pending()
+        with self.lock:
+            for kind in ("dm", "tweet"):
+                self.state["held"][kind] = sum(1 for e in pending if e["kind"] == kind)
+        if not pending:
+            return 3600.0
+        if self.client is None:
+            return 3600.0
+        if now < self.auth_until:
+            return self.auth_until - now
+        if now < self.retry_at:
+            return self.retry_at - now
+        waits = []
+        for kind in ("dm", "tweet"):
+            queue = [e for e in pending if e["kind"] == kind]
+            if not queue:
+                continue
+            blocked = self._blocked(kind, now)
+            if blocked > now:
+                waits.append(blocked - now)
+                continue
+            entry = queue[0]
+            price = message_price(kind, entry["text"])
+            with self.lock:
+                allowed, free_at = budget_allowance(self.budget, kind, self.state["sent"][kind],
+                                                    self.state["spend"], now, price)
+            if allowed <= 0:
+                if self.held_logged.get(kind) != free_at:
+                    LOG.warning("budget: holding %d %s alert(s) until %s; the first message then "
+                                "summarizes them", len(queue), kind,
+                                time.strftime("%H:%M:%S", time.localtime(free_at)))
+                    self.held_logged[kind] = free_at
+                waits.append(max(free_at - now, 1.0))
+                continue
+            try:
+                self._send(kind, queue, allowed, now)
+            except XNetworkError as exc:
+                self._retry_later(str(exc))
+                return max(self.retry_at - self.clock(), 0.0)
+            return 0.0
+        return min(waits) if waits else 3600.0
+
+    def _send(self, kind: str, queue: List[Dict[str, Any]], allowed: int, now: float) -> None:
+        entry = queue[0]
+        to_id = self._resolve(entry) if kind == "dm" else ""
+        if kind == "dm" and to_id is None:
+            return
+        same = [e for e in queue if e["to"] == entry["to"]]
+        if len(queue) > allowed and allowed == 1 and len(same) > 1:
+            lines = [e["text"] for e in same]
+            if kind == "tweet":
+                lines = [defang(t) if entry.get("defang", True) else t for t in lines]
+                text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16)
+                text = "%s [#%d]" % (text, int(entry.get("seq", 0)))
+            else:
+                text, used = digest_text(kind, lines, same[0]["t"])
+            batch = same[:used]
+            LOG.warning("budget: sending a digest of %d held %s alert(s) (%d carried in full)",
+                        len(same), kind, len(batch))
+            parts = [text]
+        else:
+            batch = [entry]
+            body = entry["text"]
+            if kind == "tweet":
+                body = tweet_text(body, int(entry.get("seq", 0)), bool(entry.get("defang", True)))
+            parts = message_parts(kind, body)
+        start = self.progress.get(entry["id"], 0) if len(batch) == 1 else 0
+        for i in range(start, len(parts)):
+            if i - start >= allowed:
+                return                                      # the rest after the window
+            assert self.client is not None
+            resp = self.client.send_dm(to_id or "", parts[i]) if kind == "dm" else self.client.post_tweet(parts[i])
+            if self.handle_failure(resp, entry, "sending a %s" % kind):
+                return
+            self._record(kind, parts[i], self.clock())
+            self.progress[entry["id"]] = i + 1
+        self.outbox.done([e["id"] for e in batch])
+        self.progress.pop(entry["id"], None)
+        self.attempts = 0
+        self.sent_count += 1
+        if self.auth_logged:
+            LOG.warning("X accepts the credentials again")
+            self.auth_logged = False
+        self.held_logged.pop(kind, None)
+
+    def _record(self, kind: str, text: str, now: float) -> None:
+        with self.lock:
+            sent = self.state["sent"][kind]
+            sent.append(now)
+            del sent[:-int(max(self.budget.get(kind + "_per_day") or 0, 100) + 1)]
+            self.state["spend"].append([now, message_price(kind, text)])
+            self.state["spend"] = [s for s in self.state["spend"] if s[0] > now - WINDOW_DAY]
+
+    def run(self, stop: threading.Event, wake: threading.Event) -> None:
+        """The sender thread: step, then sleep until due or woken."""
+        while not stop.is_set():
+            try:
+                delay = self.step()
+            except Exception:                               # keep the thread alive
+                LOG.exception("delivery step failed")
+                delay = 30.0
+            if delay > 0:
+                wake.wait(min(delay, 3600.0))
+                wake.clear()
+
+# ==== Actions ================================================================
+# Programs run as argv lists: never through a shell.  Children run while
+# matching goes on; at most max_children at once, the rest wait in a
+# bounded queue; each is reaped, and killed after its timeout.
+
+
+def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match]) -> List[str]:
+    """Expand each argument on its own: a log line stays one argument, and
+    a value from the log at the start of an argument that begins with '-'
+    gets a leading space, so it is never read as an option."""
+    argv = []
+    for i, t in enumerate(templates):
+        value = t.expand(line, match).replace("\0", "")
+        if i > 0 and t.parts and t.parts[0][0] and value.startswith("-"):
+            value = " " + value
+        argv.append(value)
+    return argv
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen
+    what: str
+    started: float
+
+
+class ActionRunner:
+    """Runs a rule's actions for one matched line."""
+
+    def __init__(self, out: Any, *, dry_run: bool = False, daemon: bool = False, hostname: str = "",
+                 outbox: Optional[Outbox] = None, on_enqueue: Callable[[], None] = lambda: None,
+                 state: Optional[Dict[str, Any]] = None, state_lock: Optional[threading.RLock] = None,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 max_children: int = MAX_CHILDREN, child_timeout: float = CHILD_TIMEOUT,
+                 popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> None:
+        self.out, self.dry_run, self.daemon = out, dry_run, daemon
+        self.hostname = hostname or socket.gethostname().split(".")[0]
+        self.outbox, self.on_enqueue = outbox, on_enqueue
+        self.state = state if state is not None else new_state()
+        self.state_lock = state_lock or threading.RLock()
+        self.clock, self.monotonic = clock, monotonic
+        self.max_children, self.child_timeout, self.popen = max_children, child_timeout, popen
+        self.children: List[Child] = []
+        self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
+        self.pipes: Dict[Tuple[int, Tuple[Template, ...]], subprocess.Popen] = {}
+        self.failures = 0
+        self.enqueued = 0
+        self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
+
+    # -- the actions -----------------------------------------------------
+    def run(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
+        if action.when is not None and not action.when.allows(self.clock()):
+            return
+        if action.message is not None:
+            message = action.message.expand(line, match)
+        kind = action.kind
+        if kind == "echo":
+            self.echo(message, action.modes)
+        elif kind == "bell":
+            self.write_out("\a" * action.count)
+        elif kind == "exec":
+            self.spawn(build_argv(action.argv, line, match), None, "exec")
+        elif kind == "pipe":
+            self.pipe(action, line, match, message)
+        elif kind == "mail":
+            self.mail(action, line, match, message)
+        elif kind == "write":
+            for user in action.recipients:
+                self.spawn(["write", user], (sanitize(message) + "\n").encode("utf-8"), "write")
+        elif kind in ("dm", "tweet"):
+            for to in (action.recipients or ("",)) if kind == "dm" else ("",):
+                self.enqueue(kind, to, message, action)
+
+    def write_out(self, text: str) -> None:
+        if self.daemon:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def echo(self, message: str, modes: Sequence[str]) -> None:
+        text = sanitize(message)
+        if self.daemon:
+            LOG.info("echo: %s", text)
+            return
+        codes = [ECHO_MODES[m] for m in modes if m != "normal"]
+        if codes and self.color:
+            text = "\x1b[%sm%s\x1b[0m" % (";".join(codes), text)
+        self.write_out(text + "\n")
+
+    def pipe(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
+        argv = build_argv(action.argv, line, match)
+        data = (sanitize(message) + "\n").encode("utf-8")
+        if not action.keep_open or self.dry_run:
+            self.spawn(argv, data, "pipe")
+            return
+        key = (action.lineno, action.argv)
+        proc = self.pipes.get(key)
+        if proc is None or proc.poll() is not None:
+            try:
+                proc = self.popen(argv, stdin=subprocess.PIPE, stdout=self._child_out(),
+                                  stderr=self._child_out(), close_fds=True)
+            except OSError as exc:
+                self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
+                return
+            self.pipes[key] = proc
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            self.failed("pipe %s stopped reading: %s" % (argv[0], getattr(exc, "strerror", exc)))
+            self.pipes.pop(key, None)
+
+    def mail(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
+        recipients = list(action.recipients) or [current_user()]
+        subject = sanitize(action.subject.expand(line, match) if action.subject else "birdsentinel alert")
+        body = "To: %s\nSubject: %s\n\n%s\n" % (", ".join(recipients), subject, sanitize(message))
+        argv = build_argv(action.argv, line, match) if action.argv else [find_sendmail(), "-oi", "-t"]
+        self.spawn(argv, body.encode("utf-8"), "mail")
+
+    def enqueue(self, kind: str, to: str, message: str, action: Action) -> None:
+        text = format_alert(self.hostname, message)
+        extra: Dict[str, Any] = {}
+        if kind == "tweet":
+            with self.state_lock:
+                seq = int(self.state.get("tweet_seq", 0)) + 1
+                self.state["tweet_seq"] = seq
+            extra = {"seq": seq, "defang": action.defang}
+        if self.dry_run or self.outbox is None:
+            if kind == "tweet":
+                label, parts = "would post", message_parts("tweet", tweet_text(text, seq, action.defang))
+            else:
+                label, parts = "would dm %s" % (to or "the account itself"), message_parts("dm", text)
+            for p in parts:
+                self.write_out("%s: %s\n" % (label, p))
+            return
+        self.outbox.add(kind, to, text, self.clock(), extra)
+        self.enqueued += 1
+        self.on_enqueue()
+
+    # -- children --------------------------------------------------------
+    def _child_out(self) -> Any:
+        return subprocess.DEVNULL if self.daemon else None
+
+    def spawn(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
+        if self.dry_run:
+            self.write_out("would run: %s\n" % sanitize(shlex.join(argv)))
+            return
+        if len(self.children) >= self.max_children:
+            if len(self.waiting) >= MAX_QUEUED_ACTIONS:
+                self.failed("%d actions already wait for a free slot: dropped %s %s"
+                            % (len(self.waiting), what, argv[0]))
+                return
+            self.waiting.append((argv, stdin, what))
+            return
+        self._start(argv, stdin, what)
+
+    def _start(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
+        try:
+            proc = self.popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                              stdout=self._child_out(), stderr=self._child_out(), close_fds=True)
+        except OSError as exc:
+            self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
+            return
+        if stdin is not None and proc.stdin is not None:
+            threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
+        self.children.append(Child(proc, "%s %s" % (what, argv[0]), self.monotonic()))
+
+    def failed(self, why: str) -> None:
+        self.failures += 1
+        LOG.error("%s", why)
+
+    def reap(self) -> None:
+        now = self.monotonic()
+        for c in list(self.children):
+            rc = c.proc.poll()
+            if rc is None and now - c.started > self.child_timeout:
+                c.proc.kill()
+                rc = c.proc.wait()
+                self.failed("%s ran longer than %.0f s: killed" % (c.what, self.child_timeout))
+            elif rc is not None and rc != 0:
+                self.failed("%s exited with status %d" % (c.what, rc))
+            if rc is not None:
+                self.children.remove(c)
+        while self.waiting and len(self.children) < self.max_children:
+            self._start(*self.waiting.popleft())
+
+    def busy(self) -> bool:
+        return bool(self.children or self.waiting)
+
+    def wait_all(self, timeout: Optional[float] = None) -> None:
+        limit = self.monotonic() + (timeout if timeout is not None else self.child_timeout + 5)
+        while self.busy() and self.monotonic() < limit:
+            self.reap()
+            if self.busy():
+                time.sleep(0.01)
+        self.reap()
+
+    def close(self) -> None:
+        for proc in self.pipes.values():
+            try:
+                if proc.stdin:
+                    proc.stdin.close()
+                proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+        self.pipes.clear()
+
+
+def feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (OSError, ValueError):
+        pass
+
+
+def current_user() -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "root"
+
+
+def find_sendmail() -> str:
+    for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail"):
+        if os.path.exists(p):
+            return p
+    return "/usr/sbin/sendmail"
+
+
+# ==== Sentinel loop ==========================================================
+# match -> act (the outbox append is durable) -> save offsets -> deliver.
+
+
+class Sentinel:
+    """Applies the rules to lines: first match wins unless 'continue'."""
+
+    def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
+                 state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
+        self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
+        self.lines = 0
+        self.matches = 0
+        self.quit = False
+        self.set_config(config)
+
+    def set_config(self, config: Config) -> None:
+        self.config = config
+        self.rules = config.rules
+        self.prefilter = config.prefilter()
+
+    def process_text(self, text: str) -> None:
+        """A block of complete lines, each ending in a newline."""
+        self.lines += text.count("\n")
+        pf = self.prefilter
+        if pf is None:
+            for line in text.split("\n")[:-1]:
+                self.process_line(line)
+                if self.quit:
+                    return
+            return
+        pos, search = 0, pf.search
+        while True:
+            m = search(text, pos)
+            if m is None:
+                return
+            start = text.rfind("\n", 0, m.start()) + 1
+            end = text.find("\n", m.start())
+            if end < 0:
+                end = len(text)
+            self.process_line(text[start:end])
+            if self.quit:
+                return
+            pos = end + 1
+
+    def process_line(self, line: str) -> None:
+        for rule in self.rules:
+            m = rule.pattern.match(line)
+            if m is None:
+                continue
+            if rule.kind == "ignore":
+                return
+            self.matches += 1
+            ok, suffix = self.limits(rule, line, m)
+            if ok:
+                message = line + suffix
+                for action in rule.actions:
+                    if action.kind == "quit":
+                        self.quit = True
+                        continue
+                    self.runner.run(action, line, m, message)
+            if not rule.cont or self.quit:
+                return
+
+    def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
+        """Apply the rule's threshold, then its throttle."""
+        now = self.clock()
+        suffix = ""
+        with self.lock:
+            if rule.threshold is not None:
+                key = rule.ident + "\0" + rule.threshold.track_by.expand(line, m)
+                table = self.state["thresholds"]
+                fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
+                prune_table(table, now - rule.threshold.seconds)
+                if not fire:
+                    return False, ""
+            if rule.throttle is not None:
+                key = rule.ident + "\0" + throttle_key(rule.throttle, line, m)
+                table = self.state["throttles"]
+                fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
+                prune_table(table, now - rule.throttle.delay)
+                if not fire:
+                    return False, ""
+        return True, suffix
+
+
+class Inotify:
+    """inotify(7) through libc, so a new line wakes us at once while an
+    idle watcher costs no CPU.  Raises OSError where it is unavailable."""
+
+    IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+    IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+    IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+    FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
+    DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):
+            raise OSError(errno.ENOSYS, "no inotify in this libc")
+        self.libc = libc
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.watched: Dict[str, Any] = {}
+
+    def watch(self, path: str, mask: int, ident: Any = None) -> None:
+        if self.watched.get(path) == (mask, ident):
+            return
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
+            self.watched[path] = (mask, ident)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 65536):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+# ==== Command line ===========================================================
+
+UNSUPPORTED_FLAGS = {
+    "--awk-field-syntax": "use regex groups ($1..$9) in the watchfor pattern instead",
+    "--extra-include-dir": "custom Perl action modules are not supported",
+    "-I": "custom Perl action modules are not supported",
+    "--extra-module": "custom Perl action modules are not supported",
+    "-M": "custom Perl action modules are not supported",
+    "--old-style-config": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
+    "-O": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
+    "--dump-script": "there is no generated script; --check shows what the config does",
+    "--input-record-separator": "lines end at newlines",
+}
+IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
+                 "-r", "--debug", "--noawk-field-syntax")
+
+
+class Usage(BirdError):
+    exit_code = EX_USAGE
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:          # no exit from inside a library call
+        raise Usage(message)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    for a in argv:
+        flag = a.split("=", 1)[0]
+        if flag in UNSUPPORTED_FLAGS:
+            raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
+    p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("-V", "--version", action="store_true")
+    p.add_argument("-c", "--config-file")
+    p.add_argument("-t", "--tail-file", action="append", default=[])
+    p.add_argument("-f", "--examine")
+    p.add_argument("-p", "--read-pipe")
+    p.add_argument("--daemon", action="store_true")
+    p.add_argument("--pid-file")
+    p.add_argument("--script-dir")
+    p.add_argument("--once", action="store_true")
+    p.add_argument("--state-file")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--online", action="store_true")
+    p.add_argument("--log-file")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
+    p.add_argument("--api-base")
+    p.add_argument("--ca-file")
+    p.add_argument("--authorize", action="store_true")
+    p.add_argument("--send")
+    p.add_argument("--to")
+    p.add_argument("--tweet", action="store_true")
+    for flag in IGNORED_FLAGS:
+        p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
+    opts = p.parse_args(list(argv))
+    modes = [m for m in ("examine", "read_pipe") if getattr(opts, m)] + (["tail"] if opts.tail_file else [])
+    if len(modes) > 1:
+        raise Usage("give only one of -t, --examine and --read-pipe")
+    commands = [c for c in ("authorize", "send", "check") if getattr(opts, c)]
+    if len(commands) > 1:
+        raise Usage("give only one of --authorize, --send and --check")
+    if opts.online and not opts.check:
+        raise Usage("--online goes with --check")
+    if (opts.to or opts.tweet) and not opts.send:
+        raise Usage("--to and --tweet go with --send")
+    if opts.daemon and (opts.once or opts.examine or opts.dry_run or commands):
+        raise Usage("--daemon runs the watcher; it does not combine with --once, --examine, "
+                    "--dry-run, --check, --send or --authorize")
+    return opts
+
+
+def default_config_path(home: str) -> str:
+    for name in (".swatchdogrc", ".swatchrc"):
+        if os.path.exists(os.path.join(home, name)):
+            return os.path.join(home, name)
+    return os.path.join(home, ".swatchdogrc")
+
+
+def default_script_dir(env: Dict[str, str]) -> str:
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "birdsentinel")
+
+
+def setup_logging(opts: argparse.Namespace, script_dir: str, daemon: bool) -> None:
+    level = logging.WARNING if opts.check else logging.INFO
+    if opts.verbose:
+        level = logging.DEBUG
+    LOG.setLevel(level)
+    LOG.propagate = False
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    handler: logging.Handler
+    if opts.log_file:
+        handler = logging.handlers.WatchedFileHandler(opts.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+    elif daemon and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+    elif daemon:
+        handler = logging.handlers.WatchedFileHandler(os.path.join(script_dir, LOG_NAME))
+        handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+    LOG.addHandler(handler)
+
+
+def ensure_dir(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StateError("cannot create directory %s: %s" % (path, exc.strerror)) from None
+
+
+def daemonize() -> int:
+    """Detach (double fork, setsid).  The launcher waits until the daemon
+    reports 'ok' (pid file written) or an error, and exits with it.
+    Returns the write end of that report pipe, in the daemon."""
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        report = b""
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            report += chunk
+        if report == b"ok":
+            os._exit(EX_OK)
+        sys.stderr.write(report.decode("utf-8", "replace") or "birdsentinel: the daemon died while starting\n")
+        os._exit(EX_TEMPFAIL)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    return w
+
+
+def write_pid_file(path: str) -> None:
+    try:
+        atomic_write(path, b"%d\n" % os.getpid(), 0o644)
+    except OSError as exc:
+        raise StateError("cannot write pid file %s: %s" % (path, exc.strerror)) from None
+
+
+class App:
+    """One run of the watcher: config, state, outbox, sender, input."""
+
+    def __init__(self, opts: argparse.Namespace, env: Dict[str, str], out: Any = None) -> None:
+        self.opts, self.env = opts, env
+        self.out = out or sys.stdout
+        self.script_dir = opts.script_dir or default_script_dir(env)
+        self.state_path = opts.state_file or os.path.join(self.script_dir, STATE_NAME)
+        self.config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
+        self.state_lock = threading.RLock()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.hup = False
+        self.lock_fd: Optional[int] = None
+        self.sender: Optional[threading.Thread] = None
+        self.deliverer: Optional[Deliverer] = None
+        self.outbox: Optional[Outbox] = None
+        self.store: Optional[StateStore] = None
+        self.state = new_state()
+        self.last_save = 0.0
+        self.dirty = False
+
+    # -- setting up ------------------------------------------------------
+    def load_config(self) -> Config:
+        return parse_config(self.config_path)
+
+    def wants_x(self, config: Config) -> bool:
+        return any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
+
+    def open_state(self, persistent: bool, need_outbox: bool) -> None:
+        if not (persistent or need_outbox):
+            return
+        ensure_dir(os.path.dirname(self.state_path) or ".")
+        ensure_dir(self.script_dir)
+        self.lock_fd = acquire_lock(self.state_path)
+        self.store = StateStore(self.state_path)
+        self.state, _found = self.store.load()
+        if need_outbox:
+            self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME))
+            self.outbox.load()
+
+    def make_client(self) -> Optional[XClient]:
+        try:
+            creds = load_credentials(self.opts.twitter_dir, self.env)
+            return XClient(creds, self.api_base(), ca_file=self.opts.ca_file)
+        except BirdError as exc:
+            LOG.error("%s; alerts for X wait in the outbox until this is fixed (then SIGHUP)", exc)
+            return None
+
+    def api_base(self) -> str:
+        return check_api_base(self.opts.api_base or self.env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
+
+    def start_sender(self, config: Config) -> None:
+        if self.outbox is None:
+            return
+        self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock, config.budget)
+        self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake),
+                                       name="sender", daemon=True)
+        self.sender.start()
+
+    def save_state(self, tailers: Sequence[FileTailer], force: bool = False) -> None:
+        if self.store is None:
+            return
+        now = time.monotonic()
+        if not force and (not self.dirty or now - self.last_save < 0.5):
+            return
+        if self.outbox is not None and not self.outbox.durable:
+            self.outbox.compact()
+            if not self.outbox.durable:
+                return                  # offsets wait until the alerts are safe
+        with self.state_lock:
+            for t in tailers:
+                snap = t.snapshot()
+                if snap is not None:
+                    self.state["files"][t.path] = snap
+            ok = self.store.save(self.state)
+        if ok:
+            self.dirty = False
+            self.last_save = now
+
+    # -- signals ---------------------------------------------------------
+    def install_signals(self) -> int:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+
+        def on_stop(signum: int, frame: Any) -> None:
+            self.stop.set()
+            self.wake.set()
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.hup = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        return r
+
+    def reload(self, sentinel: Sentinel, runner: ActionRunner) -> None:
+        self.hup = False
+        try:
+            config = self.load_config()
+        except BirdError as exc:
+            LOG.error("keeping the running configuration: %s", exc)
+            return
+        if self.wants_x(config) and self.outbox is None:
+            LOG.error("keeping the running configuration: the new one sends to X, which needs a restart")
+            return
+        runner.close()
+        sentinel.set_config(config)
+        if self.deliverer is not None:
+            self.deliverer.budget = config.budget
+            if self.deliverer.client is None:
+                self.deliverer.client = self.make_client()
+            self.deliverer.nudge()
+            self.wake.set()
+        LOG.warning("reloaded configuration from %s (%d rules)", self.config_path, len(config.rules))
+
+    # -- running ---------------------------------------------------------
+    def run(self) -> int:
+        opts = self.opts
+        config = self.load_config()                 # errors reach the terminal first
+        x_needed = self.wants_x(config) and not opts.dry_run
+        persistent = not (opts.examine or opts.read_pipe or opts.dry_run)
+        report_fd = None
+        if opts.daemon:
+            ensure_dir(self.script_dir)
+        self.open_state(persistent, x_needed)
+        if opts.daemon:
+            report_fd = daemonize()
+            setup_logging(opts, self.script_dir, True)
+        try:
+            if opts.pid_file:
+                write_pid_file(opts.pid_file)
+            wake_r = self.install_signals()
+            if report_fd is not None:
+                os.write(report_fd, b"ok")
+                os.close(report_fd)
+                report_fd = None
+            if x_needed:
+                self.start_sender(config)
+            runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon,
+                                  outbox=self.outbox, on_enqueue=self.wake.set,
+                                  state=self.state, state_lock=self.state_lock)
+            sentinel = Sentinel(config, runner, self.state, self.state_lock)
+            if opts.examine or opts.read_pipe:
+                code = self.run_stream(sentinel, runner)
+            else:
+                code = self.run_tail(sentinel, runner, wake_r)
+            return code
+        except BirdError as exc:
+            if report_fd is not None:
+                os.write(report_fd, ("birdsentinel: %s\n" % exc).encode("utf-8"))
+                os.close(report_fd)
+            raise
+        finally:
+            self.stop.set()
+            self.wake.set()
+            if self.sender is not None:
+                self.sender.join(timeout=HTTP_TIMEOUT + 5)
+            if opts.pid_file and not opts.once:
+                try:
+                    with open(opts.pid_file) as fh:
+                        if fh.read().strip() == str(os.getpid()):
+                            os.unlink(opts.pid_file)
+                except OSError:
+                    pass
+
+    def finish_delivery(self, deadline: float) -> None:
+        """--once, --examine: send what can go now, without waiting."""
+        if self.deliverer is None:
+            return
+        self.stop.set()
+        self.wake.set()
+        if self.sender is not None:
+            self.sender.join(timeout=HTTP_TIMEOUT + 5)
+            self.sender = None
+        while time.monotonic() < deadline and len(self.deliverer.outbox):
+            if self.deliverer.step() > 0:
+                break
+        if len(self.deliverer.outbox):
+            LOG.warning("%d message(s) wait in the outbox for the next run", len(self.deliverer.outbox))
+
+    def run_stream(self, sentinel: Sentinel, runner: ActionRunner) -> int:
+        opts = self.opts
+        if opts.examine:
+            try:
+                fd = os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise BirdError("cannot read %s: %s" % (opts.examine, exc.strerror)) from None
+            proc = None
+        else:
+            try:
+                argv = shlex.split(opts.read_pipe)
+            except ValueError as exc:
+                raise Usage("cannot split --read-pipe command: %s" % exc) from None
+            if not argv:
+                raise Usage("--read-pipe needs a command")
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                raise BirdError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+        name = opts.examine or argv[0]
+        splitter = LineSplitter(name)
+        with self.state_lock:               # a one-off pass keeps its counters to itself
+            kept = {k: self.state[k] for k in ("thresholds", "throttles")}
+            self.state["thresholds"], self.state["throttles"] = {}, {}
+        try:
+            while not self.stop.is_set() and not sentinel.quit:
+                chunk = os.read(fd, READ_BLOCK)
+                if not chunk:
+                    break
+                text = splitter.feed(chunk)
+                if text:
+                    sentinel.process_text(text)
+                runner.reap()
+            if splitter.pending and not sentinel.quit:      # the last line had no newline
+                sentinel.process_text(splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n")
+        finally:
+            if proc is not None:
+                proc.stdout.close()             # type: ignore[union-attr]
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            else:
+                os.close(fd)
+        runner.wait_all()
+        runner.close()
+        self.finish_delivery(time.monotonic() + 60)
+        with self.state_lock:
+            self.state.update(kept)
+        self.dirty = True
+        self.save_state([], force=True)     # tweet numbers, user ids, budget use
+        LOG.debug("%d lines, %d matches", sentinel.lines, sentinel.matches)
+        return EX_FAIL if runner.failures else EX_OK
+
+    def tail_paths(self) -> List[str]:
+        if self.opts.tail_file:
+            return list(self.opts.tail_file)
+        for p in ("/var/log/messages", "/var/log/syslog"):
+            if os.path.exists(p):
+                return [p]
+        raise BirdError("nothing to watch: neither /var/log/messages nor /var/log/syslog exists; give -t FILE")
+
+    def run_tail(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
+        opts = self.opts
+        paths = self.tail_paths()
+
+        def on_text(text: str) -> None:
+            if not sentinel.quit:
+                sentinel.process_text(text)
+            self.dirty = True
+
+        with self.state_lock:
+            saved = {p: self.state["files"].get(p) for p in paths}
+        tailers = [FileTailer(p, on_text, saved[p]) for p in paths]
+        try:
+            ino: Optional[Inotify] = Inotify()
+        except OSError as exc:
+            LOG.info("inotify unavailable (%s): polling every second", exc)
+            ino = None
+        LOG.info("watching %s with %d rules", ", ".join(paths), len(sentinel.rules))
+        try:
+            while True:
+                for t in tailers:
+                    t.poll()
+                runner.reap()
+                self.save_state(tailers)
+                if opts.once or sentinel.quit or self.stop.is_set():
+                    break
+                if self.hup:
+                    self.reload(sentinel, runner)
+                fds = [wake_r]
+                if ino is not None:
+                    for t in tailers:
+                        ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
+                        ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
+                    fds.append(ino.fd)
+                    timeout = 10.0
+                else:
+                    timeout = 1.0
+                if runner.busy():
+                    timeout = 0.05
+                elif any(t.retired for t in tailers):
+                    timeout = min(timeout, RETIRED_GRACE / 4)
+                elif self.dirty:
+                    timeout = 0.5
+                try:
+                    ready, _, _ = select.select(fds, [], [], timeout)
+                except InterruptedError:
+                    ready = []
+                if ino is not None and ino.fd in ready:
+                    ino.drain()
+                if wake_r in ready:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except (BlockingIOError, InterruptedError):
+                        pass
+        finally:
+            runner.wait_all(timeout=10 if not opts.once else None)
+            runner.close()
+            if opts.once:
+                self.finish_delivery(time.monotonic() + 60)
+            self.dirty = True
+            self.save_state(tailers, force=True)
+            for t in tailers:
+                t.close()
+            if ino is not None:
+                ino.close()
+            LOG.info("stopped after %d lines, %d matches", sentinel.lines, sentinel.matches)
+        return EX_FAIL if (opts.once and runner.failures) else EX_OK
+
+
+# -- one-shot commands -------------------------------------------------------
+
+
+def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
+             opener: Optional[Callable[..., Any]] = None) -> int:
+    """The drop-in for the classic one-argument sender: exit 0 only on 201."""
+    creds = load_credentials(opts.twitter_dir, env)
+    client = XClient(creds, check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE),
+                     opener=opener, ca_file=opts.ca_file)
+    text = sanitize(opts.send)
+    if not text.strip():
+        raise Usage("--send needs a non-empty message")
+    kind = "tweet" if opts.tweet else "dm"
+    to_id = ""
+    if kind == "dm":
+        to = opts.to or ""
+        if re.match(r"^[0-9]{1,19}$", to):
+            to_id = to
+        else:
+            if to and not re.match(r"^@?[A-Za-z0-9_]{1,15}$", to):
+                raise Usage("--to takes @handle or a numeric user id, not %r" % to)
+            resp = client.user_by_username(to.lstrip("@")) if to else client.me()
+            code = report_failure(resp, "looking up %s" % (to or "the account"))
+            if code:
+                return code
+            data = resp.json()
+            if not (isinstance(data, dict) and isinstance(data.get("data"), dict)):
+                LOG.error("no such X user %s", to)
+                return EX_FAIL
+            to_id = str(data["data"]["id"])
+    body = tweet_text(text, int(time.time()) % 100000, True) if kind == "tweet" else text
+    for part in message_parts(kind, body):
+        resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
+        code = report_failure(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
+        if code:
+            return code
+    out.write("sent\n")
+    return EX_OK
+
+
+def report_failure(resp: XResponse, doing: str) -> int:
+    cls = classify_status(resp.status)
+    if cls == "ok":
+        return EX_OK
+    if cls == "auth":
+        LOG.error("X rejected the credentials (401: %s) while %s; run --authorize", resp.detail(), doing)
+        return EX_CONFIG
+    LOG.error("X answered %d while %s: %s", resp.status, doing, resp.detail())
+    return EX_TEMPFAIL if cls in ("rate", "retry") else EX_FAIL
+
+
+def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any,
+                  opener: Optional[Callable[..., Any]] = None) -> int:
+    """PIN ("oob") flow: request token, user approves, access token."""
+    creds = load_credentials(opts.twitter_dir, env, need_token=False)
+    base = check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
+    client = XClient(creds, base, opener=opener, ca_file=opts.ca_file)
+    resp = client.request_token()
+    form = resp.form()
+    if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
+        LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
+                  "and that the app has a callback URL set", resp.status, resp.detail())
+        return EX_CONFIG if resp.status == 401 else EX_FAIL
+    url = "%s/oauth/authorize?oauth_token=%s" % (base, percent_encode(form["oauth_token"]))
+    out.write("Open this address, log in as the account that will SEND the alerts, and approve:\n"
+              "  %s\nThen type the PIN X shows: " % url)
+    out.flush()
+    pin = (inp.readline() or "").strip()
+    if not re.match(r"^[0-9A-Za-z]{1,32}$", pin):
+        LOG.error("no PIN given")
+        return EX_USAGE
+    resp = client.access_token(form["oauth_token"], form.get("oauth_token_secret", ""), pin)
+    tok = resp.form()
+    if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
+        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again",
+                  resp.status, resp.detail())
+        return EX_FAIL
+    ref = os.stat(os.path.join(opts.twitter_dir, "consumer-key"))
+    mode = 0o640 if stat.S_IMODE(ref.st_mode) == 0o640 else 0o600
+    for name, value in (("access-token", tok["oauth_token"]), ("access-token-secret", tok["oauth_token_secret"])):
+        path = os.path.join(opts.twitter_dir, name)
+        try:
+            atomic_write(path, (value + "\n").encode("utf-8"), mode)
+            if mode == 0o640 and os.geteuid() == 0:
+                os.chown(path, ref.st_uid, ref.st_gid)
+        except OSError as exc:
+            raise StateError("cannot write %s: %s" % (path, exc.strerror)) from None
+    out.write("\nAuthorized as @%s (user id %s). Tokens written to %s (mode %04o).\n"
+              % (sanitize(tok.get("screen_name", "?")), sanitize(tok.get("user_id", "?")), opts.twitter_dir, mode))
+    return EX_OK
+
+
+def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional[Config]) -> List[str]:
+    """What an admin must fix before the daemon can work: one line each."""
+    problems: List[str] = []
+    script_dir = opts.script_dir or default_script_dir(env)
+    if not os.path.isdir(script_dir):
+        problems.append("script dir %s does not exist: mkdir -m 0750 %s and chown it to the daemon user"
+                        % (script_dir, script_dir))
+    elif not os.access(script_dir, os.W_OK | os.X_OK):
+        problems.append("script dir %s is not writable by %s: chown it to this user"
+                        % (script_dir, current_user()))
+    for path in opts.tail_file or []:
+        if not os.path.exists(path):
+            problems.append("log file %s does not exist (it will be waited for)" % path)
+        elif not os.access(path, os.R_OK):
+            problems.append("log file %s is not readable by %s: add the user to the group that owns it "
+                            "(usually adm)" % (path, current_user()))
+    if config is not None and any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions) or opts.online:
+        directory, checked = credential_dir(opts.twitter_dir, env)
+        if not os.path.isdir(directory):
+            problems.append("credential dir %s does not exist: mkdir -m 0750 %s; chgrp monitor %s"
+                            % (directory, directory, directory))
+        else:
+            st = os.stat(directory)
+            if checked and st.st_mode & stat.S_IWOTH:
+                problems.append("credential dir %s is writable by everyone: chmod 0750 %s" % (directory, directory))
+            for name in SECRET_NAMES:
+                try:
+                    read_secret(os.path.join(directory, name), checked)
+                except CredentialsError as exc:
+                    problems.append(str(exc))
+    return problems
+
+
+def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
+              opener: Optional[Callable[..., Any]] = None) -> int:
+    config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
+    config = parse_config(config_path)
+    watch = sum(1 for r in config.rules if r.kind == "watchfor")
+    out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
+              % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
+    problems = check_layout(opts, env, config)
+    for p in problems:
+        out.write("FIX: %s\n" % p)
+    if opts.online:
+        creds = load_credentials(opts.twitter_dir, env)
+        client = XClient(creds, check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE),
+                         opener=opener, ca_file=opts.ca_file)
+        resp = client.me()
+        code = report_failure(resp, "asking X who the token belongs to")
+        if code:
+            return code
+        data = (resp.json() or {}).get("data") or {}
+        level = resp.headers.get("x-access-level", "")
+        out.write("X account @%s (id %s), access level %s\n" % (sanitize(str(data.get("username"))),
+                  sanitize(str(data.get("id"))), sanitize(level) or "not reported"))
+        if level and "directmessages" not in level:
+            out.write("WARNING: this token cannot send direct messages (access level %s): set the app's "
+                      "permissions to 'Read, write, and Direct Messages', then run --authorize again\n"
+                      % sanitize(level))
+    if not problems:
+        out.write("ok\n")
+    return EX_CONFIG if problems else EX_OK
+
+
+def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
+         out: Any = None, inp: Any = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = dict(os.environ) if env is None else env
+    out = out or sys.stdout
+    inp = inp or sys.stdin
+    try:
+        opts = parse_args(argv)
+        if opts.help:
+            out.write(__doc__)
+            return EX_OK
+        if opts.version:
+            out.write("birdsentinel %s\n" % __version__)
+            return EX_OK
+        setup_logging(opts, "", False)
+        for flag in IGNORED_FLAGS:
+            if getattr(opts, "ignored_" + flag.strip("-").replace("-", "_"), None) is not None:
+                LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
+        if opts.authorize:
+            return cmd_authorize(opts, env, out, inp)
+        if opts.send is not None:
+            return cmd_send(opts, env, out)
+        if opts.check:
+            return cmd_check(opts, env, out)
+        return App(opts, env, out).run()
+    except BirdError as exc:
+        LOG.error("%s", exc) if LOG.handlers else sys.stderr.write("birdsentinel: %s\n" % exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
