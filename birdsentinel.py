@@ -913,6 +913,9 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
                 raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
                                   "only $_, $0, $1..$9 and ${name} are substituted; no shell expands the rest")
         templates.append(Template.parse(w))
+    if templates[0].has_variables():
+        raise ConfigError(path, lineno, "the program of %s comes from the log line: %s" % (what, words[0]),
+                          "name a fixed program and pass the line as an argument")
     return tuple(templates)
 
 
@@ -2139,13 +2142,15 @@ def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Opti
         except (KeyError, ValueError):
             return None
     until: Optional[float] = None
-    for prefix in ("x-user-limit-24hour-", "x-app-limit-24hour-", "x-rate-limit-"):
+    for prefix, longest in (("x-user-limit-24hour-", WINDOW_DAY), ("x-app-limit-24hour-", WINDOW_DAY),
+                            ("x-rate-limit-", WINDOW_15M)):
         rem, reset = num(prefix + "remaining"), num(prefix + "reset")
         if rem is not None and rem <= 0 and reset is not None:
-            until = max(until or 0.0, reset)
+            # a reset further away than the window means our clock is off
+            until = max(until or 0.0, min(reset, now + longest + 60.0))
     if limited and (until is None or until <= now):
         reset = num("x-rate-limit-reset")
-        until = reset if reset is not None and reset > now else now + 60.0
+        until = min(reset, now + WINDOW_15M + 60.0) if reset is not None and reset > now else now + 60.0
     if until is not None and until <= now:
         return None
     return until
@@ -2161,14 +2166,14 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
                      spend: Sequence[Sequence[float]], now: float, price: float) -> Tuple[int, float]:
     """How many more messages of `kind` the local budget allows now, and
     when the next one frees up if none.  Sends stamped in the future (the
-    clock went back) still count: the budget errs on the side of silence."""
+    clock went back) count as sent now."""
     allowed = 1 << 30
     free_at = now
     for window, key in ((WINDOW_15M, kind + "_per_15m"), (WINDOW_DAY, kind + "_per_day")):
         limit = budget.get(key)
         if limit is None:
             continue
-        recent = sorted(t for t in sent if t > now - window)
+        recent = sorted(min(t, now) for t in sent if t > now - window)
         left = int(limit) - len(recent)
         if left <= 0:
             idx = len(recent) - int(limit)
@@ -2176,7 +2181,7 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
         allowed = min(allowed, left)
     cap = budget.get("usd_per_day")
     if cap is not None:
-        recent_spend = sorted((t, u) for t, u in spend if t > now - WINDOW_DAY)
+        recent_spend = sorted((min(t, now), u) for t, u in spend if t > now - WINDOW_DAY)
         spent = sum(u for _, u in recent_spend)
         left = int((cap - spent + 1e-9) // price) if price > 0 else allowed
         if left <= 0:
@@ -2205,28 +2210,37 @@ class Deliverer:
 
     def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any],
                  state_lock: threading.RLock, budget: Dict[str, Optional[float]],
-                 clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None) -> None:
+                 clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.outbox, self.client, self.state, self.lock = outbox, client, state, state_lock
         self.budget = budget
-        self.clock = clock
+        self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
+        self.monotonic = monotonic      # durations: back-off, credential retry
         self.rng = rng or random.Random()
-        self.retry_at = 0.0
+        self.retry_at = -1e18           # monotonic
         self.attempts = 0
-        self.auth_until = 0.0
+        self.auth_until = -1e18         # monotonic
         self.auth_logged = False
         self.held_logged: Dict[str, float] = {}
         self.progress: Dict[int, int] = {}      # entry id -> parts already sent
+        self.block_mono: Dict[str, float] = {}  # kind -> monotonic end of X's block
         self.failures = 0
         self.sent_count = 0
 
     def nudge(self) -> None:
         """SIGHUP: retry now what waits for credentials or a back-off."""
-        self.retry_at = 0.0
-        self.auth_until = 0.0
+        self.retry_at = self.auth_until = -1e18
 
     # -- helpers ---------------------------------------------------------
-    def _blocked(self, kind: str, now: float) -> float:
-        return float(self.state["blocked_until"].get(kind, 0.0))
+    def _blocked_for(self, kind: str, now: float) -> float:
+        """Seconds `kind` must still wait for X's reset.  The deadline is
+        kept on the monotonic clock, so a wall clock that jumps does not
+        stretch or cut it; the state file keeps the wall time for restarts."""
+        mono = self.monotonic()
+        if kind not in self.block_mono:
+            until = float(self.state["blocked_until"].get(kind, 0.0))
+            self.block_mono[kind] = mono + max(0.0, min(until - now, WINDOW_DAY + 60.0))
+        return max(0.0, self.block_mono[kind] - mono)
 
     def _resolve(self, entry: Dict[str, Any]) -> Optional[str]:
         """Recipient id for a DM, from the cache or one lookup.  None: dead-lettered or retry later."""
@@ -2268,6 +2282,7 @@ class Deliverer:
         if until is not None:
             with self.lock:
                 self.state["blocked_until"][entry["kind"]] = until
+            self.block_mono[entry["kind"]] = self.monotonic() + (until - now)
         if cls == "ok":
             return False
         if cls == "rate":
@@ -2280,7 +2295,7 @@ class Deliverer:
                              "and at SIGHUP. Fix with --authorize.", resp.detail(), doing,
                              len(self.outbox), self.outbox.path, AUTH_RETRY // 60)
                 self.auth_logged = True
-            self.auth_until = now + AUTH_RETRY
+            self.auth_until = self.monotonic() + AUTH_RETRY
         elif cls == "permanent":
             self.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()))
         else:
@@ -2291,7 +2306,7 @@ class Deliverer:
         self.failures += 1
         delay = backoff_delay(self.attempts, self.rng)
         self.attempts += 1
-        self.retry_at = self.clock() + delay
+        self.retry_at = self.monotonic() + delay
         if self.attempts <= 3 or self.attempts & (self.attempts - 1) == 0:
             LOG.warning("delivery failed: %s; retry %d in %.0f s (%d waiting)",
                         why, self.attempts, delay, len(self.outbox))
@@ -2308,18 +2323,19 @@ class Deliverer:
             return 3600.0
         if self.client is None:
             return 3600.0
-        if now < self.auth_until:
-            return self.auth_until - now
-        if now < self.retry_at:
-            return self.retry_at - now
+        mono = self.monotonic()
+        if mono < self.auth_until:
+            return self.auth_until - mono
+        if mono < self.retry_at:
+            return self.retry_at - mono
         waits = []
         for kind in ("dm", "tweet"):
             queue = [e for e in pending if e["kind"] == kind]
             if not queue:
                 continue
-            blocked = self._blocked(kind, now)
-            if blocked > now:
-                waits.append(blocked - now)
+            blocked = self._blocked_for(kind, now)
+            if blocked > 0:
+                waits.append(blocked)
                 continue
             entry = queue[0]
             price = message_price(kind, entry["text"])
@@ -2338,7 +2354,7 @@ class Deliverer:
                 self._send(kind, queue, allowed, now)
             except XNetworkError as exc:
                 self._retry_later(str(exc))
-                return max(self.retry_at - self.clock(), 0.0)
+                return max(self.retry_at - self.monotonic(), 0.0)
             return 0.0
         return min(waits) if waits else 3600.0
 
