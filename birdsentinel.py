@@ -99,28 +99,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import collections
 import ctypes
-import ctypes.util
-import datetime
 import errno
 import fcntl
-import hashlib
-import hmac
-import ipaddress
 import json
 import logging
 import logging.handlers
 import os
 import random
 import re
-import secrets
 import select
 import shlex
 import signal
 import socket
-import ssl
 import stat
 import subprocess
 import sys
@@ -128,9 +120,12 @@ import tempfile
 import threading
 import time
 import unicodedata
-import urllib.error
 import urllib.parse
-import urllib.request
+import zlib
+# hashlib, hmac, ipaddress, ssl, urllib.error and urllib.request are
+# imported in the functions that use them: loading OpenSSL and the HTTP
+# stack costs about 8 MB of memory that a watcher without X actions, and
+# every --examine run, never needs.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -284,6 +279,8 @@ def signature_base_string(method: str, uri: str, normalized_params: str) -> str:
 
 def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str = "") -> str:
     """RFC 5849 section 3.4.2: key is enc(client secret)&enc(token secret)."""
+    import hashlib
+    import hmac
     key = "%s&%s" % (percent_encode(client_secret), percent_encode(token_secret))
     digest = hmac.new(key.encode("utf-8"), base_string.encode("utf-8"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
@@ -318,7 +315,7 @@ def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
 
 def new_nonce() -> str:
     """32 hex characters: ASCII only, as X requires of oauth_nonce."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 # ==== Config (swatch syntax) =================================================
 # A pure parser: text in, Config out.  Every refusal names the file and line.
@@ -740,9 +737,27 @@ class MatchPlan:
     literals: Tuple[Tuple[str, bool], ...]     # (literal, case-insensitive)
     regex: Optional[re.Pattern]                # for rules without a literal
     per_line: bool                             # neither works: try every line
+    checks: Tuple[Optional[Tuple[Tuple[str, ...], bool]], ...] = ()
+    # per rule: literals one of which its line must contain (casefolded when
+    # the flag is set), so most rules are skipped without running a regex
+
+
+def rule_check(rule: Rule) -> Optional[Tuple[Tuple[str, ...], bool]]:
+    p = rule.pattern
+    if p.any_of:
+        return None
+    t = next(t for t in p.terms if not t.negated)
+    if t.regex.flags & re.VERBOSE:
+        return None
+    lits = required_literals(t.regex.pattern)
+    ci = bool(t.regex.flags & re.IGNORECASE)
+    if not lits or (ci and not all(x.isascii() for x in lits)):
+        return None
+    return tuple(x.casefold() if ci else x for x in lits), ci
 
 
 def build_plan(rules: Sequence[Rule]) -> MatchPlan:
+    checks = tuple(rule_check(r) for r in rules)
     literals: List[Tuple[str, bool]] = []
     rest: List[Term] = []
     for r in rules:
@@ -750,20 +765,20 @@ def build_plan(rules: Sequence[Rule]) -> MatchPlan:
             continue
         p = r.pattern
         if p.any_of and any(t.negated for t in p.terms):
-            return MatchPlan((), None, True)
+            return MatchPlan((), None, True, checks)
         for t in [t for t in p.terms if not t.negated][: None if p.any_of else 1]:
             ci = bool(t.regex.flags & re.IGNORECASE)
             lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
             if lits and (not ci or all(x.isascii() for x in lits)):
-                literals.extend((x.lower() if ci else x, ci) for x in lits)
+                literals.extend((x.casefold() if ci else x, ci) for x in lits)
             else:
                 rest.append(t)
     regex = None
     if rest:
         regex = combine_terms(rest)
         if regex is None:
-            return MatchPlan((), None, True)
-    return MatchPlan(tuple(dict.fromkeys(literals)), regex, False)
+            return MatchPlan((), None, True, checks)
+    return MatchPlan(tuple(dict.fromkeys(literals)), regex, False, checks)
 
 
 def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
@@ -794,8 +809,10 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
         hay = text
         if ci:
             if lowered is None:
-                lowered = text.lower()
-                if len(lowered) != len(text):      # lower() changed lengths: no shortcut
+                # casefold() maps every character that re.IGNORECASE takes
+                # for an ASCII letter (K, long s, dotted I) to that letter
+                lowered = text.casefold()
+                if len(lowered) != len(text):      # lengths changed: no shortcut
                     return None
             hay = lowered
         find, rfind = hay.find, hay.rfind
@@ -1242,6 +1259,8 @@ URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
 def sanitize(text: str) -> str:
     """Remove ANSI/OSC escapes and control characters (tab becomes a space),
     so a log line cannot drive a terminal or forge a message's layout."""
+    if text.isprintable():                      # the common case: nothing to remove
+        return text
     text = ANSI_RE.sub("", text).replace("\t", " ")
     return CONTROL_RE.sub("", text)
 
@@ -1615,8 +1634,10 @@ ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
 
 
 def fingerprint(fd: int, length: int) -> str:
+    """'N:CRC' of the first `length` bytes: enough to tell two files apart
+    (rotation), not meant to resist forgery."""
     data = os.pread(fd, length, 0)
-    return "%d:%s" % (len(data), hashlib.sha1(data).hexdigest())
+    return "%d:%08x" % (len(data), zlib.crc32(data))
 
 
 def fp_length(fp: str) -> int:
@@ -1987,6 +2008,7 @@ def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = T
 
 def check_api_base(url: str) -> str:
     """https anywhere; plain http only to a loopback address (tests)."""
+    import ipaddress
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
@@ -2033,11 +2055,13 @@ class XResponse:
         return sanitize(text)[:300] or "HTTP %d" % self.status
 
 
-def default_opener(ca_file: Optional[str] = None) -> Callable[[urllib.request.Request, float], Any]:
+def default_opener(ca_file: Optional[str] = None) -> Callable[[Any, float], Any]:
+    import ssl
+    import urllib.request
     ctx = ssl.create_default_context(cafile=ca_file)       # verification always on
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx))
 
-    def open_(req: urllib.request.Request, timeout: float) -> Any:
+    def open_(req: Any, timeout: float) -> Any:
         return opener.open(req, timeout=timeout)
     return open_
 
@@ -2046,7 +2070,7 @@ class XClient:
     """Signs and sends one request at a time; never retries by itself."""
 
     def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
-                 opener: Optional[Callable[[urllib.request.Request, float], Any]] = None,
+                 opener: Optional[Callable[[Any, float], Any]] = None,
                  clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
                  timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
         self.creds = creds
@@ -2059,6 +2083,8 @@ class XClient:
 
     def call(self, method: str, path: str, json_body: Any = None, query: Optional[Dict[str, str]] = None,
              token: Optional[Tuple[str, str]] = None, extra_oauth: Sequence[Tuple[str, str]] = ()) -> XResponse:
+        import urllib.error
+        import urllib.request
         url = self.api_base + path
         if query:
             url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
@@ -2499,9 +2525,17 @@ class ActionRunner:
             return
         try:
             self.out.write(text)
-            self.out.flush()
         except (OSError, ValueError):
             pass
+
+    def flush(self) -> None:
+        """After each block of lines: output appears at once, but is not
+        flushed line by line."""
+        if not self.daemon:
+            try:
+                self.out.flush()
+            except (OSError, ValueError):
+                pass
 
     def echo(self, message: str, modes: Sequence[str]) -> None:
         text = sanitize(message)
@@ -2667,7 +2701,7 @@ class Sentinel:
     def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
                  state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
-        self.lines = 0
+        self.bytes = 0                    # characters of complete lines seen
         self.matches = 0
         self.quit = False
         self.set_config(config)
@@ -2679,23 +2713,38 @@ class Sentinel:
 
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline."""
-        self.lines += text.count("\n")
+        self.bytes += len(text)
         starts = candidate_lines(self.plan, text)
         if starts is None:
             for line in text.split("\n")[:-1]:
                 self.process_line(line)
                 if self.quit:
-                    return
-            return
-        find = text.find
-        for start in starts:
-            end = find("\n", start)
-            self.process_line(text[start:end if end >= 0 else len(text)])
-            if self.quit:
-                return
+                    break
+        else:
+            find = text.find
+            for start in starts:
+                end = find("\n", start)
+                self.process_line(text[start:end if end >= 0 else len(text)])
+                if self.quit:
+                    break
+        self.runner.flush()
 
     def process_line(self, line: str) -> None:
-        for rule in self.rules:
+        folded: Optional[str] = None
+        for rule, check in zip(self.rules, self.plan.checks or [None] * len(self.rules)):
+            if check is not None:
+                lits, ci = check
+                if ci:
+                    if folded is None:
+                        folded = line.casefold()
+                    hay = folded
+                else:
+                    hay = line
+                for lit in lits:
+                    if lit in hay:
+                        break
+                else:
+                    continue                        # cannot match: skip the regex
             m = rule.pattern.match(line)
             if m is None:
                 continue
@@ -3164,7 +3213,7 @@ class App:
             self.state.update(kept)
         self.dirty = True
         self.save_state([], force=True)     # tweet numbers, user ids, budget use
-        LOG.debug("%d lines, %d matches", sentinel.lines, sentinel.matches)
+        LOG.debug("%d characters of lines, %d matches", sentinel.bytes, sentinel.matches)
         return EX_FAIL if runner.failures else EX_OK
 
     def tail_paths(self) -> List[str]:
@@ -3241,7 +3290,7 @@ class App:
                 t.close()
             if ino is not None:
                 ino.close()
-            LOG.info("stopped after %d lines, %d matches", sentinel.lines, sentinel.matches)
+            LOG.info("stopped after %d characters of new lines, %d matches", sentinel.bytes, sentinel.matches)
         return EX_FAIL if (opts.once and runner.failures) else EX_OK
 
 

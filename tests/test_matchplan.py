@@ -68,7 +68,7 @@ def test_required_literals_are_in_every_match(atoms, samples):
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(ATOMS), min_size=1, max_size=5),
        st.booleans(),
-       st.lists(st.text(alphabet="abcxyABC.1 ]}\r\u0130", max_size=14), min_size=1, max_size=20))
+       st.lists(st.text(alphabet="abcxyABC.1 ]}\r\u0130\u017f\u212a\u00df", max_size=14), min_size=1, max_size=20))
 def test_plan_selects_exactly_the_matching_lines(atoms, ci, lines):
     src = "".join(atoms).replace("/", "")
     try:
