@@ -3386,31 +3386,59 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
+def unsafe_mode(path: str, what: str, fix: str) -> Optional[str]:
+    """A problem line when others than the owner (and group) can change path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        return "%s %s is writable by %s (mode %04o): %s" % (
+            what, path, "everyone" if st.st_mode & stat.S_IWOTH else "its group",
+            stat.S_IMODE(st.st_mode), fix)
+    return None
+
+
 def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional[Config]) -> List[str]:
-    """What an admin must fix before the daemon can work: one line each."""
+    """What an admin must fix before the daemon can work, one line each:
+    the classic layout's directories, owners and modes, and the logs."""
     problems: List[str] = []
     script_dir = opts.script_dir or default_script_dir(env)
     if not os.path.isdir(script_dir):
         problems.append("script dir %s does not exist: mkdir -m 0750 %s and chown it to the daemon user"
                         % (script_dir, script_dir))
     elif not os.access(script_dir, os.W_OK | os.X_OK):
-        problems.append("script dir %s is not writable by %s: chown it to this user"
-                        % (script_dir, current_user()))
+        problems.append("script dir %s is not writable by %s: chown %s %s"
+                        % (script_dir, current_user(), current_user(), script_dir))
+    else:
+        p = unsafe_mode(script_dir, "script dir", "chmod 0750 %s" % script_dir)
+        if p:
+            problems.append(p)
+    if opts.pid_file and not os.access(os.path.dirname(os.path.abspath(opts.pid_file)), os.W_OK):
+        problems.append("pid file %s cannot be written by %s: use a directory the daemon user owns"
+                        % (opts.pid_file, current_user()))
+    for path in (config.files if config is not None else ()):
+        # whoever can edit the rules can make exec run any program
+        p = unsafe_mode(path, "config file", "chmod 0644 %s (exec rules run programs)" % path)
+        if p:
+            problems.append(p)
     for path in opts.tail_file or []:
         if not os.path.exists(path):
             problems.append("log file %s does not exist (it will be waited for)" % path)
         elif not os.access(path, os.R_OK):
             problems.append("log file %s is not readable by %s: add the user to the group that owns it "
                             "(usually adm)" % (path, current_user()))
-    if config is not None and any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions) or opts.online:
+    wants_x = config is not None and any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
+    if wants_x or opts.online:
         directory, checked = credential_dir(opts.twitter_dir, env)
         if not os.path.isdir(directory):
             problems.append("credential dir %s does not exist: mkdir -m 0750 %s; chgrp monitor %s"
                             % (directory, directory, directory))
         else:
             st = os.stat(directory)
-            if checked and st.st_mode & stat.S_IWOTH:
-                problems.append("credential dir %s is writable by everyone: chmod 0750 %s" % (directory, directory))
+            if checked and st.st_mode & (stat.S_IWOTH | stat.S_IROTH | stat.S_IXOTH):
+                problems.append("credential dir %s is open to every user (mode %04o): chmod 0750 %s"
+                                % (directory, stat.S_IMODE(st.st_mode), directory))
             for name in SECRET_NAMES:
                 try:
                     read_secret(os.path.join(directory, name), checked)
