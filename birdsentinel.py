@@ -219,6 +219,10 @@ class LockedError(BirdError):
     exit_code = EX_TEMPFAIL
 
 
+class NoInputError(BirdError):
+    exit_code = EX_NOINPUT
+
+
 class XNetworkError(BirdError):
     """The request never got an HTTP answer (refused, reset, timed out)."""
 
@@ -343,6 +347,21 @@ class Template:
 
     @staticmethod
     def parse(text: str) -> "Template":
+        return Template(tuple(Template._parts(text)))
+
+    @staticmethod
+    def from_segments(segments: Sequence[Tuple[str, bool]]) -> "Template":
+        """A word from split_words: single-quoted segments stay literal."""
+        parts: List[Tuple[bool, str]] = []
+        for text, literal in segments:
+            parts += [(False, text)] if literal else Template._parts(text)
+        return Template(tuple(parts))
+
+    def variables(self) -> List[str]:
+        return [name for is_var, name in self.parts if is_var]
+
+    @staticmethod
+    def _parts(text: str) -> List[Tuple[bool, str]]:
         parts: List[Tuple[bool, str]] = []
         pos = 0
         for m in TEMPLATE_VAR_RE.finditer(text):
@@ -356,7 +375,7 @@ class Template:
             pos = m.end()
         if pos < len(text):
             parts.append((False, text[pos:]))
-        return Template(tuple(parts))
+        return parts
 
     def has_variables(self) -> bool:
         return any(v for v, _ in self.parts)
@@ -468,12 +487,14 @@ class Rule:
     threshold: Optional[Threshold] = None
     throttle: Optional[Throttle] = None
     cont: bool = False
+    index: int = 0                          # position in the whole config
 
     @property
     def ident(self) -> str:
         """Names this rule's counters in the state file: stable across
-        restarts and reloads as long as the pattern is unchanged."""
-        return self.pattern.source
+        restarts and reloads while the rule keeps its place and pattern
+        (two rules with one pattern keep separate counters, as in swatch)."""
+        return "%d:%s" % (self.index, self.pattern.source)
 
 
 @dataclass
@@ -489,7 +510,7 @@ def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
     continuations handled; yields (first line number, text)."""
     pending: List[str] = []
     start = 0
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(text.split("\n"), 1):     # not splitlines(): \f or U+2028 end no line
         line = raw.rstrip("\r").rstrip()
         if not pending:
             start = n
@@ -507,7 +528,7 @@ def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
 
 def split_keyword(line: str) -> Tuple[str, str]:
     """'key value', 'key=value' and 'key = value' all give (key, value)."""
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|\s+|$)(.*)$", line)
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)
     if not m:
         return "", line
     return m.group(1).lower(), m.group(2).strip()
@@ -516,8 +537,7 @@ def split_keyword(line: str) -> Tuple[str, str]:
 def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
     """Translate the Perl regex dialect swatch users write into Python's."""
     for m in PERL_VAR_RE.finditer(src):
-        tail = src[m.end():m.end() + 1]
-        if src[m.start()] == "$" and (m.group(0).startswith("${") or tail not in ("", ")", "|")):
+        if src[m.start()] == "$":           # '$' before a name is never an anchor
             raise ConfigError(path, lineno, "Perl variable %s inside a pattern" % m.group(0),
                               "patterns cannot use perlcode variables; write the regex out in full")
     if "\\Q" in src or "(?{" in src or "(??{" in src:
@@ -843,12 +863,12 @@ def split_options(value: str, keys: Sequence[str]) -> Tuple[str, Dict[str, str]]
     opts: Dict[str, str] = {}
     rest = value
     while True:
-        m = re.search(r",\s*([A-Za-z_]+)\s*(?:=\s*(.*?))?\s*$", rest)
+        m = re.search(r",\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*(.*?))?\s*$", rest)
         if not m or m.group(1).lower() not in keys:
             break
         opts[m.group(1).lower()] = (m.group(2) or "1") if m.group(2) is not None else "1"
         rest = rest[:m.start()]
-    m = re.match(r"^\s*([A-Za-z_]+)\s*=\s*(.*)$", rest)
+    m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", rest)
     if m and m.group(1).lower() in keys and "," not in rest:
         opts[m.group(1).lower()] = m.group(2)
         rest = ""
@@ -863,7 +883,7 @@ def split_commas(value: str) -> Tuple[List[str], Dict[str, str]]:
         piece = piece.strip()
         if not piece:
             continue
-        m = re.match(r"^([A-Za-z_]+)\s*=\s*(.*)$", piece)
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", piece)
         if m:
             opts[m.group(1).lower()] = unquote_value(m.group(2))
         else:
@@ -905,6 +925,54 @@ def find_shell_syntax(command: str) -> Optional[str]:
     return None
 
 
+def split_words(value: str) -> List[List[Tuple[str, bool]]]:
+    """Split a command like a POSIX shell splits words, keeping which parts
+    were single-quoted: (text, literal) segments per word.  Raises
+    ValueError on an unbalanced quote."""
+    words: List[List[Tuple[str, bool]]] = []
+    word: Optional[List[Tuple[str, bool]]] = None
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c.isspace():
+            if word is not None:
+                words.append(word)
+                word = None
+            i += 1
+            continue
+        if word is None:
+            word = []
+        if c == "'":
+            end = value.find("'", i + 1)
+            if end < 0:
+                raise ValueError("no closing quotation")
+            word.append((value[i + 1:end], True))
+            i = end + 1
+        elif c == '"':
+            buf, i = [], i + 1
+            while i < n and value[i] != '"':
+                if value[i] == "\\" and i + 1 < n and value[i + 1] in '"\\`':
+                    i += 1
+                buf.append(value[i])
+                i += 1
+            if i >= n:
+                raise ValueError("no closing quotation")
+            word.append(("".join(buf), False))
+            i += 1
+        elif c == "\\" and i + 1 < n:
+            word.append((value[i + 1], value[i + 1] == "$"))     # \$ stays a dollar
+            i += 2
+        else:
+            j = i
+            while j < n and not value[j].isspace() and value[j] not in "'\"\\":
+                j += 1
+            word.append((value[i:j], False))
+            i = j
+    if word is not None:
+        words.append(word)
+    return words
+
+
 def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Template, ...]:
     """Split an exec/pipe command once, like a shell would, into templates."""
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"' and value.count('"') == 2:
@@ -919,19 +987,22 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
             "no shell runs here; to use one, pass the line as an argument: "
             "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
     try:
-        words = shlex.split(value.replace("\\@", "@"))
+        words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
         raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc),
                           "balance the quotes") from None
     templates = []
     for w in words:
-        for m in TEMPLATE_VAR_RE.finditer(w):
-            if m.group(3) is not None:
-                raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
-                                  "only $_, $0, $1..$9 and ${name} are substituted; no shell expands the rest")
-        templates.append(Template.parse(w))
+        for text, literal in w:
+            for m in TEMPLATE_VAR_RE.finditer(text):
+                if m.group(3) is not None and not literal:
+                    raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
+                                      "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
+                                      "the rest (inside '...' nothing is substituted)")
+        templates.append(Template.from_segments(w))
     if templates[0].has_variables():
-        raise ConfigError(path, lineno, "the program of %s comes from the log line: %s" % (what, words[0]),
+        raise ConfigError(path, lineno, "the program of %s comes from the log line: %s"
+                          % (what, "".join(t for t, _ in words[0])),
                           "name a fixed program and pass the line as an argument")
     return tuple(templates)
 
@@ -970,7 +1041,8 @@ def parse_int(text: str, what: str, path: str, lineno: int, minimum: int = 0) ->
         raise ConfigError(path, lineno, "%s=%s is not a whole number" % (what, text),
                           "give a number, e.g. %s=%d" % (what, max(minimum, 1))) from None
     if v < minimum:
-        raise ConfigError(path, lineno, "%s=%d is below %d" % (what, v, minimum), "")
+        raise ConfigError(path, lineno, "%s=%d is below %d" % (what, v, minimum),
+                          "give %s=%d or more" % (what, minimum))
     return v
 
 
@@ -1033,7 +1105,8 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
                       defang=opts.get("defang", "yes").lower() not in ("no", "0", "off", "false"))
     if key in ("continue", "quit"):
         if value:
-            raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value), "")
+            raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value),
+                              "write %s alone on its line" % key)
         return Action(key, lineno)
     raise AssertionError(key)
 
@@ -1124,6 +1197,9 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
         if key in ("watchfor", "waitfor", "ignore"):
             if not value:
                 raise ConfigError(path, lineno, "%s needs a pattern" % key, "e.g. %s /regex/" % key)
+            if "@@" in value:
+                raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
+                                  "replace the @@...@@ placeholders with real values")
             current = Rule("ignore" if key == "ignore" else "watchfor",
                            parse_pattern(value, path, lineno), path, lineno)
             rules.append(current)
@@ -1154,6 +1230,7 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
             elif key == "throttle":
                 current.throttle = parse_throttle(value, path, lineno)
             elif key == "continue":
+                parse_action(key, value, path, lineno)      # refuses a value
                 current.cont = True
             else:
                 current.actions.append(parse_action(key, value, path, lineno))
@@ -1161,7 +1238,35 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
             raise ConfigError(path, lineno, "unknown keyword or action %r" % key,
                               "actions are echo, bell, exec, pipe, mail, write, dm, tweet, continue, quit; "
                               "custom Perl actions are not supported")
+    if not _stack:
+        for i, r in enumerate(rules):
+            r.index = i
+            check_variables(r)
     return Config(path, rules, budget, tuple(files))
+
+
+def check_variables(rule: Rule) -> None:
+    """$N and ${name} must name a group of the rule's pattern: swatch
+    silently puts an empty string there."""
+    positives = [t.regex for t in rule.pattern.terms if not t.negated]
+    groups = max((rx.groups for rx in positives), default=0)
+    names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
+    templates: List[Tuple[int, Template]] = []
+    for a in rule.actions:
+        templates += [(a.lineno, t) for t in a.argv]
+        templates += [(a.lineno, t) for t in (a.message, a.subject) if t is not None]
+    if rule.threshold is not None:
+        templates.append((rule.lineno, rule.threshold.track_by))
+    if rule.throttle is not None and rule.throttle.key is not None:
+        templates.append((rule.lineno, rule.throttle.key))
+    for lineno, t in templates:
+        for name in t.variables():
+            if name.isdigit() and name != "0" and int(name) > groups:
+                raise ConfigError(rule.path, lineno, "$%s, but the pattern on line %d has %d group(s)"
+                                  % (name, rule.lineno, groups), "add (...) around what $%s should hold" % name)
+            if not (name.isdigit() or name in ("_", "*")) and name not in names:
+                raise ConfigError(rule.path, lineno, "${%s} is not a named group of the pattern on line %d"
+                                  % (name, rule.lineno), "name it in the pattern: (?<%s>...)" % name)
 
 
 def read_config_text(path: str, parent: str, parent_line: int) -> str:
@@ -1170,13 +1275,15 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
             data = fh.read(4 * 1024 * 1024 + 1)
     except OSError as exc:
         if parent:
-            raise ConfigError(parent, parent_line, "cannot read include %s: %s" % (path, exc.strerror), "") from None
+            raise ConfigError(parent, parent_line, "cannot read include %s: %s" % (path, exc.strerror),
+                              "include paths are relative to the including file") from None
         raise ConfigError(path, 0, "cannot read config: %s" % exc.strerror,
                           "check the path given with -c") from None
     if len(data) > 4 * 1024 * 1024:
-        raise ConfigError(path, 0, "config larger than 4 MiB", "")
+        raise ConfigError(path, 0, "config larger than 4 MiB", "is this the right file?")
     if b"\0" in data:
-        raise ConfigError(path, 1 + data[:data.index(b"\0")].count(b"\n"), "NUL byte in config", "")
+        raise ConfigError(path, 1 + data[:data.index(b"\0")].count(b"\n"), "NUL byte in config",
+                          "a config is text; is this the right file?")
     return data.decode("utf-8", "replace")
 
 # ==== Thresholds =============================================================
@@ -1229,15 +1336,21 @@ def throttle_key(th: Throttle, line: str, match: Optional[re.Match]) -> str:
     return th.key.expand(line, match)
 
 
-def prune_table(table: Dict[str, Any], horizon: float, max_entries: int = MAX_TABLE) -> None:
-    """Bound a counter table: when it grows past max_entries, drop entries
-    whose window started before horizon (they can no longer suppress)."""
+def prune_table(table: Dict[str, Any], horizon: float, max_entries: int = MAX_TABLE,
+                window: Optional[Callable[[str], float]] = None) -> None:
+    """Bound a counter table: when it grows past max_entries, drop the
+    entries whose window (start + window(key)) ended before horizon; if
+    still too many, those that end first."""
     if len(table) <= max_entries:
         return
-    for k in [k for k, v in table.items() if v[0] < horizon]:
+    span = window or (lambda key: 0.0)
+
+    def ends(key: str) -> float:
+        return table[key][0] + span(key)
+    for k in [k for k in table if ends(k) < horizon]:
         del table[k]
-    while len(table) > max_entries:                      # still too many: oldest first
-        del table[min(table, key=lambda k: table[k][0])]
+    while len(table) > max_entries:
+        del table[min(table, key=ends)]
 
 
 # ==== Messages ===============================================================
@@ -1252,7 +1365,7 @@ COMMON_TLDS = ("com|net|org|info|biz|edu|gov|mil|int|io|app|dev|xyz|online|site|
                "asia|tel|travel|jobs|services|email|network|systems|solutions|zone|today|life|"
                "world|fun|win|vip|work|ink|icu|buzz|lol|support|host|digital|social|media")
 URL_RE = re.compile(r"(?i)\b(?:(?:https?|ftp)://[^\s/?#]+|(?:[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.)+"
-                    r"(?:[a-z]{2}|" + COMMON_TLDS + r")\b)(?::\d{1,5})?(?:[/?#][^\s]*)?")
+                    r"(?:[a-z]{2}|" + COMMON_TLDS + r")\b)(?::\d{1,5}(?![\w.]))?(?:[/?#][^\s]*)?")
 URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
 
 
@@ -1304,6 +1417,7 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
     ' (i/n)' when there is more than one, preferring to cut at spaces."""
     if weigh(text) <= limit:
         return [text]
+    text = text.strip()
     for digits in range(1, 6):
         marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
         parts = _greedy_split(text, limit - marker_room, weigh)
@@ -1687,10 +1801,30 @@ class LineSplitter:
             self.pending = bytes(rest)
         if not out:
             return ""
-        block = b"".join(out)
+        block = self._cut_long_lines(b"".join(out))
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
         return block.decode("utf-8", "replace")
+
+    def _cut_long_lines(self, block: bytes) -> bytes:
+        """Cut complete lines longer than max_line.  A line that long holds
+        a whole aligned stretch of max_line/2 bytes without a newline, so a
+        few short searches rule it out for ordinary blocks."""
+        step = max(self.max_line // 2, 1)
+        if len(block) <= self.max_line or all(
+                block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
+            return block
+        out, start = [], 0
+        while start < len(block):
+            end = block.find(b"\n", start)
+            if end - start > self.max_line:
+                LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
+                            self.name, end - start, self.max_line)
+                out.append(block[start:start + self.max_line] + b"\n")
+            else:
+                out.append(block[start:end + 1])
+            start = end + 1
+        return b"".join(out)
 
     def held(self) -> int:
         """Bytes read that belong to the unfinished last line."""
@@ -1765,9 +1899,9 @@ class FileTailer:
         """First open: resume from the saved offset, or begin at the end."""
         opened = self._open()
         if opened is None:
-            if self.saved:
+            if self.saved and self.saved.get("ino") is not None:
                 self._finish_rotated_sibling(self.saved)
-                self.saved = None
+            self.saved = None
             self.start_at_end = False           # a file that appears later is all new
             return
         fd, st = opened
@@ -1776,6 +1910,10 @@ class FileTailer:
         if saved is None:
             pos = st.st_size if self.start_at_end else 0
             self.cur = self._handle(fd, st, pos)
+            return
+        if saved.get("ino") is None:              # it was gone when we stopped: all new
+            LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
+            self.cur = self._handle(fd, st, 0)
             return
         same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
         fp_saved = str(saved.get("fp", ""))
@@ -1862,6 +2000,7 @@ class FileTailer:
             self.on_text(text + "\n")
 
     def _retire(self, h: Handle) -> None:
+        h.last_growth = self.clock()              # the grace starts at the rotation
         self.retired.append(h)
         while len(self.retired) > 4:
             old = self.retired.pop(0)
@@ -1930,12 +2069,16 @@ class FileTailer:
         h.splitter.reset()
         h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
 
-    def snapshot(self) -> Optional[Dict[str, Any]]:
-        """What the state file keeps for this path."""
+    def snapshot(self) -> Dict[str, Any]:
+        """What the state file keeps for this path.  Without a current file
+        (rotated away, or not there yet) the entry says so: whatever file
+        appears there later is read from its start."""
         h = self.cur
-        if h is None:
-            return self.saved
-        return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
+        if h is not None:
+            return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
+        if not self.started and self.saved is not None:
+            return self.saved                     # not looked at yet
+        return {"dev": None, "ino": None, "fp": "", "offset": 0}
 
     def close(self) -> None:
         for h in self.retired + ([self.cur] if self.cur else []):
@@ -2701,6 +2844,7 @@ class Sentinel:
     def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
                  state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
+        self.self_tag: Optional[str] = None
         self.bytes = 0                    # characters of complete lines seen
         self.matches = 0
         self.quit = False
@@ -2710,6 +2854,13 @@ class Sentinel:
         self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
+        # all rules' counters share a table: each entry expires with its rule's window
+        self.windows = {r.ident: float(max(r.threshold.seconds if r.threshold else 0,
+                                           r.throttle.delay if r.throttle else 0))
+                        for r in config.rules}
+
+    def window_of(self, key: str) -> float:
+        return self.windows.get(key.split("\0", 1)[0], 0.0)
 
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline."""
@@ -2730,6 +2881,8 @@ class Sentinel:
         self.runner.flush()
 
     def process_line(self, line: str) -> None:
+        if self.self_tag is not None and self.self_tag in line:
+            return
         folded: Optional[str] = None
         for rule, check in zip(self.rules, self.plan.checks or [None] * len(self.rules)):
             if check is not None:
@@ -2771,14 +2924,14 @@ class Sentinel:
                 key = rule.ident + "\0" + rule.threshold.track_by.expand(line, m)
                 table = self.state["thresholds"]
                 fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-                prune_table(table, now - rule.threshold.seconds)
+                prune_table(table, now, window=self.window_of)
                 if not fire:
                     return False, ""
             if rule.throttle is not None:
                 key = rule.ident + "\0" + throttle_key(rule.throttle, line, m)
                 table = self.state["throttles"]
                 fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-                prune_table(table, now - rule.throttle.delay)
+                prune_table(table, now, window=self.window_of)
                 if not fire:
                     return False, ""
         return True, suffix
@@ -2906,7 +3059,12 @@ def default_script_dir(env: Dict[str, str]) -> str:
     return os.path.join(base, "birdsentinel")
 
 
-def setup_logging(opts: argparse.Namespace, script_dir: str, daemon: bool) -> None:
+def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False,
+                  started: bool = False) -> bool:
+    """Until the watcher has started, everything goes to stderr, so start-up
+    errors reach the terminal or init script.  Then: --log-file, or for a
+    daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
+    logging to syslog, whose lines may come back in a watched file."""
     level = logging.WARNING if opts.check else logging.INFO
     if opts.verbose:
         level = logging.DEBUG
@@ -2916,19 +3074,29 @@ def setup_logging(opts: argparse.Namespace, script_dir: str, daemon: bool) -> No
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
-    if opts.log_file:
-        handler = logging.handlers.WatchedFileHandler(opts.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-    elif daemon and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-    elif daemon:
-        handler = logging.handlers.WatchedFileHandler(os.path.join(script_dir, LOG_NAME))
-        handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+    file_format = "%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"
+    syslog = False
+    log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
+    try:
+        if started and opts.log_file:
+            handler = logging.handlers.WatchedFileHandler(opts.log_file)
+            handler.setFormatter(logging.Formatter(file_format))
+        elif started and daemon and os.path.exists("/dev/log"):
+            handler = logging.handlers.SysLogHandler(address="/dev/log",
+                                                     facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+            syslog = True
+        elif started and daemon and log_file:
+            handler = logging.handlers.WatchedFileHandler(log_file)
+            handler.setFormatter(logging.Formatter(file_format))
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+    except OSError as exc:
+        LOG.addHandler(logging.StreamHandler(sys.stderr))
+        raise StateError("cannot open log %s: %s" % (log_file or "/dev/log", exc.strerror)) from None
     LOG.addHandler(handler)
+    return syslog
 
 
 def ensure_dir(path: str) -> None:
@@ -2979,6 +3147,12 @@ class App:
     """One run of the watcher: config, state, outbox, sender, input."""
 
     def __init__(self, opts: argparse.Namespace, env: Dict[str, str], out: Any = None) -> None:
+        # absolute paths: a daemon changes to / before it opens anything
+        for name in ("config_file", "examine", "pid_file", "script_dir", "state_file", "log_file",
+                     "twitter_dir", "ca_file"):
+            if getattr(opts, name, None):
+                setattr(opts, name, os.path.abspath(getattr(opts, name)))
+        opts.tail_file = [os.path.abspath(p) for p in opts.tail_file]
         self.opts, self.env = opts, env
         self.out = out or sys.stdout
         self.script_dir = opts.script_dir or default_script_dir(env)
@@ -3047,9 +3221,7 @@ class App:
                 return                  # offsets wait until the alerts are safe
         with self.state_lock:
             for t in tailers:
-                snap = t.snapshot()
-                if snap is not None:
-                    self.state["files"][t.path] = snap
+                self.state["files"][t.path] = t.snapshot()
             ok = self.store.save(self.state)
         if ok:
             self.dirty = False
@@ -3107,8 +3279,11 @@ class App:
         self.open_state(persistent, x_needed)
         if opts.daemon:
             report_fd = daemonize()
-            setup_logging(opts, self.script_dir, True)
+            if self.lock_fd is not None:           # the lock names the daemon, not the launcher
+                os.ftruncate(self.lock_fd, 0)
+                os.pwrite(self.lock_fd, b"%d\n" % os.getpid(), 0)
         try:
+            syslog = setup_logging(opts, self.script_dir, opts.daemon, started=True)
             if opts.pid_file:
                 write_pid_file(opts.pid_file)
             wake_r = self.install_signals()
@@ -3122,6 +3297,8 @@ class App:
                                   outbox=self.outbox, on_enqueue=self.wake.set,
                                   state=self.state, state_lock=self.state_lock)
             sentinel = Sentinel(config, runner, self.state, self.state_lock)
+            if syslog:                          # our own syslog lines must not trigger rules
+                sentinel.self_tag = "birdsentinel[%d]:" % os.getpid()
             if opts.examine or opts.read_pipe:
                 code = self.run_stream(sentinel, runner)
             else:
@@ -3166,7 +3343,7 @@ class App:
             try:
                 fd = os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise BirdError("cannot read %s: %s" % (opts.examine, exc.strerror)) from None
+                raise NoInputError("cannot read %s: %s" % (opts.examine, exc.strerror)) from None
             proc = None
         else:
             try:
@@ -3178,7 +3355,7 @@ class App:
             try:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
             except OSError as exc:
-                raise BirdError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
+                raise NoInputError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
         name = opts.examine or argv[0]
@@ -3493,7 +3670,7 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
         if opts.version:
             out.write("birdsentinel %s\n" % __version__)
             return EX_OK
-        setup_logging(opts, "", False)
+        setup_logging(opts)
         for flag in IGNORED_FLAGS:
             if getattr(opts, "ignored_" + flag.strip("-").replace("-", "_"), None) is not None:
                 LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
