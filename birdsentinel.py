@@ -2226,6 +2226,7 @@ class XClient:
 
     def call(self, method: str, path: str, json_body: Any = None, query: Optional[Dict[str, str]] = None,
              token: Optional[Tuple[str, str]] = None, extra_oauth: Sequence[Tuple[str, str]] = ()) -> XResponse:
+        import http.client
         import urllib.error
         import urllib.request
         url = self.api_base + path
@@ -2248,12 +2249,12 @@ class XClient:
             status = getattr(resp, "status", None) or resp.getcode()
         except urllib.error.HTTPError as err:
             resp, status = err, err.code
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise XNetworkError("cannot reach X at %s: %s" % (host, sanitize(str(reason))[:200])) from None
         try:
             body = resp.read(1 << 20)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             raise XNetworkError("connection to %s broke while reading the answer: %s"
                                 % (host, sanitize(str(exc))[:200])) from None
         finally:
@@ -2365,11 +2366,20 @@ def message_price(kind: str, text: str) -> float:
     return PRICE_USD[kind]
 
 
-def tweet_text(text: str, seq: int, defang_urls: bool) -> str:
-    """What a post says: defanged, and unique (X refuses duplicates)."""
+def tweet_parts(text: str, seq: int, defang_urls: bool) -> List[str]:
+    """The posts for one alert: defanged, split at 280, and every part
+    unique (X refuses a post that repeats an earlier one): ' [#seq]'."""
     if defang_urls:
         text = defang(text)
-    return "%s [#%d]" % (text, seq)
+    tag = " [#%d]" % seq
+    return [p + tag for p in split_message(text, TWEET_MAX_WEIGHT - tweet_weight(tag), tweet_weight)]
+
+
+def entry_parts(entry: Dict[str, Any]) -> List[str]:
+    """What one outbox entry sends, part by part."""
+    if entry["kind"] == "tweet":
+        return tweet_parts(entry["text"], int(entry.get("seq", 0)), bool(entry.get("defang", True)))
+    return message_parts("dm", entry["text"])
 
 
 class Deliverer:
@@ -2393,6 +2403,7 @@ class Deliverer:
         self.held_logged: Dict[str, float] = {}
         self.progress: Dict[int, int] = {}      # entry id -> parts already sent
         self.block_mono: Dict[str, float] = {}  # kind -> monotonic end of X's block
+        self.summarize_next: set = set()        # kinds whose next send follows a hold
         self.failures = 0
         self.sent_count = 0
 
@@ -2507,7 +2518,7 @@ class Deliverer:
                 waits.append(blocked)
                 continue
             entry = queue[0]
-            price = message_price(kind, entry["text"])
+            price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
                 allowed, free_at = budget_allowance(self.budget, kind, self.state["sent"][kind],
                                                     self.state["spend"], now, price)
@@ -2517,6 +2528,7 @@ class Deliverer:
                                 "summarizes them", len(queue), kind,
                                 time.strftime("%H:%M:%S", time.localtime(free_at)))
                     self.held_logged[kind] = free_at
+                self.summarize_next.add(kind)
                 waits.append(max(free_at - now, 1.0))
                 continue
             try:
@@ -2533,7 +2545,11 @@ class Deliverer:
         if kind == "dm" and to_id is None:
             return
         same = [e for e in queue if e["to"] == entry["to"]]
-        if len(queue) > allowed and allowed == 1 and len(same) > 1:
+        # the last message a window allows, or the first after holding, is a
+        # digest when more wait than the window allows
+        digest = allowed == 1 or kind in self.summarize_next
+        self.summarize_next.discard(kind)
+        if len(queue) > allowed and digest and len(same) > 1:
             lines = [e["text"] for e in same]
             if kind == "tweet":
                 lines = [defang(t) if entry.get("defang", True) else t for t in lines]
@@ -2547,10 +2563,7 @@ class Deliverer:
             parts = [text]
         else:
             batch = [entry]
-            body = entry["text"]
-            if kind == "tweet":
-                body = tweet_text(body, int(entry.get("seq", 0)), bool(entry.get("defang", True)))
-            parts = message_parts(kind, body)
+            parts = entry_parts(entry)
         start = self.progress.get(entry["id"], 0) if len(batch) == 1 else 0
         for i in range(start, len(parts)):
             if i - start >= allowed:
@@ -2731,7 +2744,7 @@ class ActionRunner:
             extra = {"seq": seq, "defang": action.defang}
         if self.dry_run or self.outbox is None:
             if kind == "tweet":
-                label, parts = "would post", message_parts("tweet", tweet_text(text, seq, action.defang))
+                label, parts = "would post", tweet_parts(text, seq, action.defang)
             else:
                 label, parts = "would dm %s" % (to or "the account itself"), message_parts("dm", text)
             for p in parts:
@@ -3261,8 +3274,9 @@ class App:
         sentinel.set_config(config)
         if self.deliverer is not None:
             self.deliverer.budget = config.budget
-            if self.deliverer.client is None:
-                self.deliverer.client = self.make_client()
+            client = self.make_client()           # new tokens after --authorize
+            if client is not None:
+                self.deliverer.client = client
             self.deliverer.nudge()
             self.wake.set()
         LOG.warning("reloaded configuration from %s (%d rules)", self.config_path, len(config.rules))
@@ -3501,8 +3515,8 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
                 LOG.error("no such X user %s", to)
                 return EX_FAIL
             to_id = str(data["data"]["id"])
-    body = tweet_text(text, int(time.time()) % 100000, True) if kind == "tweet" else text
-    for part in message_parts(kind, body):
+    parts = tweet_parts(text, int(time.time()) % 100000, True) if kind == "tweet" else message_parts("dm", text)
+    for part in parts:
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
         code = report_failure(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
         if code:
