@@ -155,6 +155,7 @@ CHILD_TIMEOUT = 60.0          # seconds before a child is killed
 DM_MAX_CHARS = 10000          # X's DM text limit (v1.1 documented; v2 silent)
 TWEET_MAX_WEIGHT = 280        # twitter-text v3: weighted length
 TWEET_URL_WEIGHT = 23
+TWEET_MAX_TEXT = 1000         # longer alert text is cut before it is posted (4 posts at most)
 TWEET_WEIGHT1_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
 PRICE_USD = {"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20}
 DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440),
@@ -324,7 +325,7 @@ def new_nonce() -> str:
 # A pure parser: text in, Config out.  Every refusal names the file and line.
 
 PERL_VAR_RE = re.compile(r"(?<!\\)[$@](?:\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
-TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
+TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[0-9])\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
 POSIX_CLASSES = {
     "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
     "lower": "a-z", "space": r"\s", "xdigit": "0-9A-Fa-f", "word": r"\w",
@@ -1026,7 +1027,7 @@ def parse_when(value: str, path: str, lineno: int) -> When:
 
 def parse_duration(text: str, path: str, lineno: int) -> float:
     """throttle delays: [D:][H:]M:S, right-aligned like swatch."""
-    if not re.match(r"^\d+(:\d+){0,3}$", text.strip()):
+    if not re.match(r"^\d{1,9}(:\d{1,9}){0,3}$", text.strip()):
         raise ConfigError(path, lineno, "bad throttle delay %r" % text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
     nums = [int(x) for x in text.strip().split(":")]
     nums = [0] * (4 - len(nums)) + nums
@@ -1168,10 +1169,14 @@ def parse_budget(value: str, path: str, lineno: int) -> Dict[str, Optional[float
     for k, v in opts.items():
         try:
             out[k] = float(v)
-            if out[k] < 0 or out[k] != out[k]:
+            if not 0 < out[k] <= 1e9:               # also refuses nan and inf
                 raise ValueError
         except ValueError:
-            raise ConfigError(path, lineno, "budget %s=%s is not a number" % (k, v), "e.g. %s=15" % k) from None
+            raise ConfigError(path, lineno, "budget %s=%s is not a number above 0" % (k, v),
+                              "e.g. %s=15; to send nothing of a kind, remove its dm/tweet actions" % k) from None
+        if k != "usd_per_day" and out[k] < 1:
+            raise ConfigError(path, lineno, "budget %s=%s allows no message at all" % (k, v),
+                              "give at least 1")
     return out
 
 
@@ -1272,6 +1277,8 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
     try:
         with open(path, "rb") as fh:
             data = fh.read(4 * 1024 * 1024 + 1)
+    except ValueError:                              # a NUL byte in the name
+        raise ConfigError(parent or path, parent_line, "bad file name %r" % path, "remove the NUL byte") from None
     except OSError as exc:
         if parent:
             raise ConfigError(parent, parent_line, "cannot read include %s: %s" % (path, exc.strerror),
@@ -1358,7 +1365,7 @@ ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
                      r"|\x1b\[[0-?]*[ -/]*[@-~]?"              # CSI
                      r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
                      r"|\x1b.?")
-CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 COMMON_TLDS = ("com|net|org|info|biz|edu|gov|mil|int|io|app|dev|xyz|online|site|top|club|shop|"
                "store|tech|cloud|link|click|live|news|blog|page|website|space|pro|name|mobi|"
                "asia|tel|travel|jobs|services|email|network|systems|solutions|zone|today|life|"
@@ -2194,6 +2201,8 @@ class XResponse:
                 text = str(errs[0].get("detail") or errs[0].get("message") or "")
         if not text:
             text = self.body[:200].decode("utf-8", "replace")
+        # an answer that quotes the request must not put it in the log
+        text = re.sub(r"(oauth_[a-z_]+)\s*=\s*\"?[^\",&\s]*\"?", r"\1=<hidden>", text)
         return sanitize(text)[:300] or "HTTP %d" % self.status
 
 
@@ -2370,6 +2379,8 @@ def tweet_parts(text: str, seq: int, defang_urls: bool) -> List[str]:
     unique (X refuses a post that repeats an earlier one): ' [#seq]'."""
     if defang_urls:
         text = defang(text)
+    if len(text) > TWEET_MAX_TEXT:                  # a flood of posts helps nobody
+        text = text[:TWEET_MAX_TEXT] + "\u2026[cut]"
     tag = " [#%d]" % seq
     return [p + tag for p in split_message(text, TWEET_MAX_WEIGHT - tweet_weight(tag), tweet_weight)]
 
@@ -2519,6 +2530,11 @@ class Deliverer:
             entry = queue[0]
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
+                # stamps in the future (the wall clock went back) become now, once,
+                # so they age out within their window instead of waiting for the clock
+                sent = self.state["sent"][kind]
+                sent[:] = [min(t, now) for t in sent]
+                self.state["spend"] = [[min(t, now), u] for t, u in self.state["spend"]]
                 allowed, free_at = budget_allowance(self.budget, kind, self.state["sent"][kind],
                                                     self.state["spend"], now, price)
             if allowed <= 0:

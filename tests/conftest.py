@@ -50,7 +50,8 @@ import re as _re
 SECRET_VALUES = ("ck-test", "cs-test-SECRET", "1-at-test", "ats-test-SECRET")   # fakex's defaults
 _SECRET_RE = _re.compile("|".join([_re.escape(v) for v in SECRET_VALUES]
                                   + [r"[A-Za-z0-9_.~-]*-SECRET\b",          # other tests' *-SECRET values
-                                     r"(?i:oauth_signature(?:=|%3D))"]))
+                                     # a signature value (a redacted 'oauth_signature=<hidden>' is fine)
+                                     r"(?i:oauth_signature\s*(?:=|%3D)\s*(?:\"|%22)?[A-Za-z0-9+/%]{8,})"]))
 _BIRD_LOG_RE = _re.compile(rb"birdsentinel\[\d+\]: [A-Z]+: ")
 _BIRD_FILES = ("birdsentinel.state", "birdsentinel.outbox", "birdsentinel.dead", "birdsentinel.log")
 
@@ -75,7 +76,7 @@ class SecretScan:
         self.texts += 1
         self.chars += len(text)
         for m in _SECRET_RE.finditer(text):
-            key = (label, m.group(0))
+            key = (label, self.current, m.group(0))
             if key in self._seen:
                 continue
             self._seen.add(key)
@@ -112,7 +113,6 @@ def secret_scan():
 
 
 def _install_secret_capture():
-    import logging
     import traceback
 
     import birdsentinel
@@ -180,7 +180,6 @@ def _install_secret_capture():
         SECRET_SCAN.text("readouterr() err", res.err)
         return res
     CaptureFixture.readouterr = readouterr
-    logging.getLogger(__name__)                  # (keeps the logging import used)
 
 
 def pytest_configure(config):
