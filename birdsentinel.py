@@ -146,6 +146,7 @@ STATE_VERSION = 1
 READ_BLOCK = 1 << 18          # bytes read at a time
 MAX_LINE = 64 * 1024          # longer lines keep their first MAX_LINE bytes
 FINGERPRINT_LEN = 128         # bytes at a file's start that identify it
+MIN_FINGERPRINT = 16          # fewer first bytes than this identify nothing
 RETIRED_GRACE = 60.0          # seconds a rotated file is still read
 MAX_TABLE = 10000             # throttle/threshold keys before pruning
 MAX_CHILDREN = 16             # exec/pipe/mail children at once
@@ -1524,6 +1525,21 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(directory)
 
 
+def remove_stale_temp_files(directory: str) -> None:
+    """Our atomic writes' temp files that a crash left behind.  Called with
+    the state lock held, so no write of ours is in progress."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".birdsentinel-") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
 def new_state() -> Dict[str, Any]:
     return {"version": STATE_VERSION, "files": {}, "thresholds": {}, "throttles": {},
             "users": {}, "sent": {"dm": [], "tweet": []}, "spend": [],
@@ -1941,36 +1957,57 @@ class FileTailer:
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
         """logtail2's rule: after a rotation while stopped, finish the old
-        file (path.1, path-DATE, ...) from the saved offset if we find it by
-        inode, or by first bytes (copytruncate)."""
+        file (path.1, path-DATE, ...) from the saved offset.  It is found by
+        its inode; failing that (copytruncate made a copy), by its first
+        bytes, the newest such copy, and only when those bytes were enough
+        to tell files apart."""
         directory, base = os.path.split(self.path)
         try:
             names = os.listdir(directory or ".")
         except OSError:
             return
         fp_saved = str(saved.get("fp", ""))
+        by_inode, by_bytes = None, []
         for name in sorted(names):
             if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
                 continue
             cand = os.path.join(directory, name)
             try:
-                fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                st = os.stat(cand)
             except OSError:
                 continue
-            st = os.fstat(fd)
-            same = (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino"))
-            if not same and not (fp_saved and fingerprint(fd, fp_length(fp_saved)) == fp_saved):
+            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
+                by_inode = cand
+                break
+            if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
+                by_bytes.append((st.st_mtime, cand))
+        chosen = by_inode
+        if chosen is None:
+            for _mtime, cand in sorted(by_bytes, reverse=True):
+                try:
+                    fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                same = fingerprint(fd, fp_length(fp_saved)) == fp_saved
                 os.close(fd)
-                continue
-            offset = int(saved.get("offset", 0))
-            if st.st_size < offset:
-                offset = 0
-            LOG.info("finishing %s from byte %d (the rotated %s)", cand, offset, self.path)
-            h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(cand), self.clock())
-            self._drain(h)
-            self._flush_partial(h)
-            os.close(fd)
+                if same:
+                    chosen = cand
+                    break
+        if chosen is None:
             return
+        try:
+            fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return
+        st = os.fstat(fd)
+        offset = int(saved.get("offset", 0))
+        if st.st_size < offset:
+            offset = 0
+        LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
+        h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
+        self._drain(h)
+        self._flush_partial(h)
+        os.close(fd)
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
@@ -3214,6 +3251,8 @@ class App:
         ensure_dir(os.path.dirname(self.state_path) or ".")
         ensure_dir(self.script_dir)
         self.lock_fd = acquire_lock(self.state_path)
+        for directory in {os.path.dirname(self.state_path), self.script_dir}:
+            remove_stale_temp_files(directory)      # left by a kill during a write
         self.store = StateStore(self.state_path)
         self.state, _found = self.store.load()
         if need_outbox:
@@ -3450,12 +3489,16 @@ class App:
             LOG.info("inotify unavailable (%s): polling every second", exc)
             ino = None
         LOG.info("watching %s with %d rules", ", ".join(paths), len(sentinel.rules))
+        enqueued = runner.enqueued
         try:
             while True:
                 for t in tailers:
                     t.poll()
                 runner.reap()
-                self.save_state(tailers)
+                # right after alerts reach the (fsynced) outbox, save the offsets
+                # that cover them: a crash then re-sends as little as possible
+                self.save_state(tailers, force=runner.enqueued != enqueued)
+                enqueued = runner.enqueued
                 if opts.once or sentinel.quit or self.stop.is_set():
                     break
                 if self.hup:

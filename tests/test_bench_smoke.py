@@ -1,7 +1,9 @@
 """Smoke test for the benchmark (issue 5): bench/run --quick still runs and fills its table.
 
 No timed assertions: the figures are only checked to be numbers. swatch is not required
-(--no-swatch); the DM row is checked only when tests/fakex.py exists.
+(--no-swatch); the DM row is checked only when tests/fakex.py exists. birdsentinel is measured
+two ways wherever start-up counts (throughput, peak RSS, their targets): as a script and
+"installed" (a byte-compiled copy imported as pip's console script does); both must have figures.
 """
 import json
 import os
@@ -70,14 +72,31 @@ def test_bench_run_quick_produces_numeric_table(tmp_path):
     assert proc.stdout == md
     assert "nproc" in md and "kernel" in md and "Python" in md
 
+    assert "birdsentinel variants" in md and ".pyc used: yes" in md, md[:2000]
+    inst = results["installed"]
+    assert inst["pyc_used"] and inst["loaded_from"].endswith(".pyc"), inst
+    assert inst["import_ms_pyc"] > 0 and inst["import_ms_source"] > 0, inst
+
     rows = table_rows(md, "## Throughput")
-    assert len(rows) == 6
-    for rules, program, seconds, lps, mbps, rss, out_lines, _ratio in rows:
+    assert len(rows) == 8
+    assert [(r[0], r[1]) for r in rows if r[1].startswith("birdsentinel")] == [
+        (rules, f"birdsentinel ({v})") for rules in ("1", "10") for v in ("script", "installed")]
+    for rules, program, seconds, lps, mbps, rss, out_lines, by_script, by_inst in rows:
         if program == "swatchdog":
             assert lps == "skipped"
             continue
         for value in (seconds, lps, mbps, rss, out_lines):
             assert NUMBER.match(value), (program, rules, value)
+        if program.startswith("`LC_ALL=C grep"):
+            for value in (by_script, by_inst):  # both variants compared with grep
+                assert re.match(r"^[0-9]+\.[0-9]+×$", value), (program, rules, value)
+
+    rss_rows = {r[0]: r[1:] for r in table_rows(md, "## birdsentinel peak RSS")}
+    floor = [figures for label, figures in rss_rows.items()
+             if "import birdsentinel" in label or "--version" in label]
+    assert len(floor) == 2
+    for figures in floor:  # script seconds, script MB, installed seconds, installed MB
+        assert len(figures) == 4 and all(NUMBER.match(v) for v in figures), figures
 
     rows = {(r[0], r[1]): r for r in table_rows(md, "## Tail-mode latency")}
     for action in ("echo", "exec"):
@@ -92,11 +111,23 @@ def test_bench_run_quick_produces_numeric_table(tmp_path):
 
     targets = table_rows(md, "## Targets")
     assert len(targets) == 8
-    assert all(t[2] in ("met", "**not met**", "n/a") for t in targets)
+    verdicts = ("met", "**not met**", "n/a")
+    assert all(t[2] in verdicts for t in targets)
+    # throughput (3 rows) and peak RSS are judged per variant; tail, DM, idle: script only
+    judged_both = [t for t in targets if t[0].startswith(("1 rule", "10 rules", "peak RSS"))]
+    assert len(judged_both) == 4
+    assert all(t[4] in verdicts for t in judged_both), judged_both
+    grep_target = [t for t in targets if "grep" in t[0]][0]
+    assert grep_target[2] != "n/a" and grep_target[4] != "n/a", grep_target
+    assert all(t[4] == "—" for t in targets if t not in judged_both)
 
     tp = results["throughput"]
     for rules in ("1", "10"):
-        for program in ("birdsentinel", "grep"):
+        for program in ("birdsentinel", "birdsentinel_installed", "grep"):
             assert tp[rules][program]["lines_per_s"] > 0
     # the generated file's alert lines are what grep and birdsentinel both see
     assert tp["10"]["grep"]["output_lines"] == results["data"]["alert_lines"]
+    assert tp["10"]["birdsentinel_installed"]["output_lines"] == results["data"]["alert_lines"]
+    for variant in ("script", "installed"):
+        for key in ("import", "version"):
+            assert results["big"][variant][key]["rss_mb"] > 0, (variant, key)

@@ -1,0 +1,634 @@
+"""Crash consistency (issue 6): kill -9 at random moments loses no alert,
+and an interrupted state or outbox write never leaves a torn file.
+
+* test_sigkill_daemon_delivers_every_alert: the real CLI tails a log that a
+  writer thread keeps appending numbered alert lines to; the daemon is
+  SIGKILLed >= 20 times (seeded: at random moments, and at the instant the
+  fake X server accepts a DM, i.e. between the send and its "done" record)
+  and restarted each time.  After the last restart every numbered line's DM
+  reached the fake X server at least once, nothing else was sent, the state
+  file parsed after every kill, and the duplicates are counted and written
+  to tests/.figures/crash.json.
+* kills during state writes: StateStore(path, writer=...) with a writer that
+  runs the real atomic_write but "dies" (no clean-up runs) part-way through
+  the temp file, before the fsync, before the rename or after it; and a real
+  process SIGKILLed while it saves in a loop.  The file is always the old or
+  the new state.
+* kills during outbox appends: a journal cut at every byte of its last record
+  loads every earlier record; a write cut part-way by a "kill" is skipped.
+"""
+import errno
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+import birdsentinel as bs
+from fakex import FakeX
+
+SEED = 20240611
+KILLS = 24
+FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".figures")
+ALERT_RE = re.compile(r"ALERT (\d+)\b")
+
+
+# ---- helpers ---------------------------------------------------------------
+
+def journal_pending(path):
+    """The outbox journal's pending add records (id -> record) and the
+    number of unreadable complete records, read without writing anything
+    (Outbox.load compacts, which a test must not do under a live daemon)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return {}, 0
+    pending, bad = {}, 0
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            op, ident = rec["op"], int(rec["id"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            if i != len(lines) - 1:          # only an unterminated last record may be torn
+                bad += 1
+            continue
+        if op == "add":
+            pending[ident] = rec
+        elif op == "done":
+            pending.pop(ident, None)
+    return pending, bad
+
+
+class Daemon:
+    """Starts, SIGKILLs and restarts the real CLI; every run logs to one file."""
+
+    def __init__(self, script, argv, env, log_path):
+        self.script, self.argv, self.env, self.log_path = script, argv, env, log_path
+        self.proc = None
+        self.runs = []          # (how it ended, returncode)
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, self.script] + self.argv, env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        return self.proc
+
+    def kill(self, how):
+        p = self.proc
+        if p is None:
+            return
+        try:
+            p.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        rc = p.wait(timeout=10)
+        self.runs.append((how, rc))
+        self.proc = None
+
+    def stop(self):
+        p = self.proc
+        if p is None:
+            return None
+        p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait(timeout=10)
+            self.runs.append(("sigterm-timeout", rc))
+            self.proc = None
+            return "timeout"
+        self.runs.append(("sigterm", rc))
+        self.proc = None
+        return rc
+
+    def cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_text(self):
+        with open(self.log_path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace")
+
+
+@pytest.fixture
+def fakex():
+    fx = FakeX(users={"alice": "1001"}).start()
+    fx.rate_limits["dm"] = 10 ** 9          # the fake's own 15-minute DM window is not under test
+    yield fx
+    fx.stop()
+
+
+@pytest.fixture
+def daemon_box():
+    made = []
+    yield made
+    for d in made:
+        d.cleanup()
+
+
+# ---- the daemon under SIGKILL ------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_daemon_delivers_every_alert(tmp_path, script, fakex, daemon_box, secret_scan):
+    rng = random.Random(SEED)
+    log = str(tmp_path / "app.log")
+    conf = str(tmp_path / "rules.conf")
+    sdir = str(tmp_path / "state")
+    creds = str(tmp_path / "creds")
+    state_path = os.path.join(sdir, bs.STATE_NAME)
+    outbox_path = os.path.join(sdir, bs.OUTBOX_NAME)
+    fakex.write_creds(creds)
+    with open(conf, "w") as fh:
+        fh.write("budget dm_per_15m=100000,dm_per_day=1000000\n"
+                 "watchfor /ALERT (\\d+)/\n"
+                 "  dm @alice\n")
+    open(log, "wb").close()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CREDENTIALS_DIRECTORY", "BIRDSENTINEL_API_BASE")}
+    env["HOME"] = str(tmp_path)
+    d = Daemon(script, ["-t", log, "-c", conf, "--script-dir", sdir, "--twitter-dir", creds,
+                        "--api-base", fakex.base_url], env, str(tmp_path / "daemon.log"))
+    daemon_box.append(d)
+
+    state_seen = [False]
+    violations = []
+
+    def check_files(when):
+        if os.path.exists(state_path + ".corrupt"):
+            violations.append("%s: a state file was found corrupt and set aside" % when)
+        try:
+            with open(state_path, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            if state_seen[0]:
+                violations.append("%s: the state file disappeared" % when)
+        else:
+            state_seen[0] = True
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except ValueError as exc:
+                violations.append("%s: state file does not parse: %s (%d bytes)" % (when, exc, len(raw)))
+            else:
+                if not bs.valid_state(data):
+                    violations.append("%s: state file parses but is not a valid state" % when)
+        _pending, bad = journal_pending(outbox_path)
+        if bad:
+            violations.append("%s: %d torn record(s) before the end of the outbox journal" % (when, bad))
+
+    # First run: no state yet, so the tailer starts at the end of the log.
+    # Feed non-matching lines until the offset is saved: from then on
+    # every line is the daemon's to read.
+    d.start()
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    deadline = time.monotonic() + 30
+    n = 0
+    while True:
+        os.write(fd, b"boot line %d\n" % n)
+        n += 1
+        try:
+            with open(state_path) as fh:
+                if log in json.load(fh).get("files", {}):
+                    break
+        except (OSError, ValueError):
+            pass
+        assert d.proc.poll() is None, "daemon exited while starting:\n" + d.log_text()
+        assert time.monotonic() < deadline, "the daemon never saved its first offset:\n" + d.log_text()
+        time.sleep(0.05)
+
+    written = []
+    writing = threading.Event()
+    writing.set()
+    wrng = random.Random(SEED + 1)
+
+    def writer():
+        i = 0
+        while writing.is_set():
+            i += 1
+            os.write(fd, b"Jun 11 12:00:00 host app[42]: ALERT %d disk on fire\n" % i)
+            written.append(i)
+            if wrng.random() < 0.9:
+                time.sleep(wrng.uniform(0.002, 0.03))
+            else:
+                os.write(fd, b"Jun 11 12:00:00 host app[42]: all quiet %d\n" % i)
+
+    wt = threading.Thread(target=writer, name="alert-writer", daemon=True)
+    wt.start()
+
+    armed = [None]                      # the process to kill at the next accepted DM
+    arm_lock = threading.Lock()
+    dm_kills = [0]
+
+    def on_event(ev):
+        # Runs in the fake server before its answer goes out: the DM is
+        # accepted, the daemon has not yet journalled "done".
+        if ev.get("event") != "dm":
+            return
+        with arm_lock:
+            p, armed[0] = armed[0], None
+            if p is not None:
+                try:
+                    p.send_signal(signal.SIGKILL)
+                    dm_kills[0] += 1
+                except ProcessLookupError:
+                    pass
+
+    fakex.on_event = on_event
+    try:
+        for k in range(KILLS):
+            if k % 3 == 2:
+                # kill when X accepts the next DM (falls back to a timed kill)
+                with arm_lock:
+                    armed[0] = d.proc
+                limit = time.monotonic() + 3.0
+                while armed[0] is not None and time.monotonic() < limit:
+                    time.sleep(0.005)
+                with arm_lock:
+                    armed[0] = None
+                how = "at-dm"
+            else:
+                time.sleep(rng.uniform(0.03, 0.7))
+                how = "timed"
+            if d.proc.poll() is not None and how == "timed":
+                pytest.fail("daemon run %d exited by itself with %s:\n%s"
+                            % (k, d.proc.returncode, d.log_text()[-3000:]))
+            d.kill(how)
+            check_files("after kill %d (%s)" % (k + 1, how))
+            d.start()
+    finally:
+        writing.clear()
+        wt.join(timeout=10)
+        fakex.on_event = None
+        os.close(fd)
+    total = len(written)
+    assert total > 100, "the writer wrote only %d alert lines" % total
+
+    # Bounded wait until every alert was delivered and the outbox is empty.
+    def numbers():
+        return [int(m.group(1)) for m in (ALERT_RE.search(dm["text"]) for dm in list(fakex.dms)) if m]
+
+    # Give up early when deliveries stall for 10 s (a lost alert never comes).
+    deadline = time.monotonic() + 90
+    last_count, last_change = -1, time.monotonic()
+    drained = False
+    while time.monotonic() < deadline:
+        got_now = numbers()
+        if set(range(1, total + 1)) <= set(got_now):
+            drained = True
+            break
+        if len(got_now) != last_count:
+            last_count, last_change = len(got_now), time.monotonic()
+        elif time.monotonic() - last_change > 10:
+            break
+        time.sleep(0.05)
+    if drained:
+        limit = time.monotonic() + 30
+        while journal_pending(outbox_path)[0] and time.monotonic() < limit:
+            time.sleep(0.05)
+    rc = d.stop()
+    check_files("after the final SIGTERM")
+    got = numbers()
+    missing = sorted(set(range(1, total + 1)) - set(got))
+    duplicates = len(got) - len(set(got))
+    left = len(journal_pending(outbox_path)[0])
+    tmp_left = [n for n in os.listdir(sdir) if n.endswith(".tmp")]
+    dead_path = os.path.join(sdir, bs.DEAD_NAME)
+    dead = open(dead_path).read().splitlines() if os.path.exists(dead_path) else []
+    killed = [r for r in d.runs if r[0] in ("timed", "at-dm")]
+    figures = {
+        "seed": SEED, "kills": len(killed), "kills_at_dm_accept": dm_kills[0],
+        "alert_lines_written": total, "alert_dms_received": len(got), "distinct_alerts": len(set(got)),
+        "missing": len(missing), "duplicates": duplicates, "left_in_outbox": left,
+        "temp_files_left_by_kills": len(tmp_left), "dead_lettered": len(dead), "final_exit_status": rc,
+    }
+    os.makedirs(FIGURES, exist_ok=True)
+    with open(os.path.join(FIGURES, "crash.json"), "w") as fh:
+        json.dump(figures, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    print("crash figures:", json.dumps(figures, sort_keys=True))
+
+    text = d.log_text()
+    secret_scan.file("crash-test daemon log", d.log_path)
+    assert not violations, violations
+    assert all(rc == -signal.SIGKILL for _how, rc in killed), d.runs
+    assert len(killed) >= 20
+    assert not missing, "%d alert(s) never delivered, first %s; daemon log tail:\n%s" % (
+        len(missing), missing[:10], text[-3000:])
+    assert set(got) <= set(range(1, total + 1)), "an alert for a line that was never written"
+    assert all(dm["to"] == "1001" for dm in fakex.dms)
+    assert left == 0, "%d message(s) still wait in the outbox" % left
+    assert not dead, dead[:3]
+    assert rc == 0, "the last run did not stop cleanly on SIGTERM: %r" % rc
+    assert "Traceback" not in text, text[text.index("Traceback") - 200:][:3000]
+    assert "is corrupt" not in text
+
+
+# ---- kills during state writes ---------------------------------------------
+
+class Killed(BaseException):
+    """A simulated SIGKILL: not an OSError, so nothing in birdsentinel may
+    catch it; while it unwinds, clean-up file operations are disabled."""
+
+
+class DyingAtomicWriter:
+    """A StateStore writer that runs the real atomic_write and dies at a
+    chosen point: part-way through the temp file's data, at the file's
+    fsync, at the rename, or after the rename (before the directory fsync)."""
+
+    POINTS = ("partial-data", "fsync", "chmod", "replace", "after-replace")
+
+    def __init__(self, monkeypatch, rng):
+        self.mp, self.rng = monkeypatch, rng
+        self.point = None
+        self.dead = False
+
+    def __call__(self, path, data):
+        point = self.point
+        real_fdopen, real_fsync, real_replace = os.fdopen, os.fsync, os.replace
+        real_chmod, real_unlink = os.chmod, os.unlink
+        me = self
+
+        class Cut:
+            def __init__(self, fh):
+                self.fh = fh
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.fh.close()
+                return False
+
+            def write(self, b):
+                k = me.rng.randrange(0, len(b))
+                self.fh.write(b[:k])
+                self.fh.flush()
+                me.die()
+
+            def __getattr__(self, name):
+                return getattr(self.fh, name)
+
+        def fdopen(fd, *a, **kw):
+            fh = real_fdopen(fd, *a, **kw)
+            return Cut(fh) if point == "partial-data" else fh
+
+        def fsync(fd):
+            if point == "fsync":
+                me.die()
+            return real_fsync(fd)
+
+        def chmod(p, mode, *a, **kw):
+            if point == "chmod":
+                me.die()
+            return real_chmod(p, mode, *a, **kw)
+
+        def replace(src, dst, *a, **kw):
+            if point == "replace":
+                me.die()
+            real_replace(src, dst, *a, **kw)
+            if point == "after-replace":
+                me.die()
+
+        def unlink(p, *a, **kw):
+            if me.dead:                      # a killed process cleans nothing up
+                raise OSError(errno.EIO, "process is dead")
+            return real_unlink(p, *a, **kw)
+
+        with self.mp.context() as m:
+            m.setattr(os, "fdopen", fdopen)
+            m.setattr(os, "fsync", fsync)
+            m.setattr(os, "chmod", chmod)
+            m.setattr(os, "replace", replace)
+            m.setattr(os, "unlink", unlink)
+            bs.atomic_write(path, data)
+
+    def die(self):
+        self.dead = True
+        raise Killed()
+
+
+def test_state_write_killed_at_random_points_leaves_old_or_new(tmp_path, monkeypatch):
+    rng = random.Random(SEED)
+    path = str(tmp_path / "birdsentinel.state")
+    writer = DyingAtomicWriter(monkeypatch, rng)
+    store = bs.StateStore(path, writer=writer)
+    current = None                           # what is on disk: None = no file yet
+    outcomes = {"old": 0, "new": 0}
+    for i in range(200):
+        state = bs.new_state()
+        state["files"]["/var/log/x"] = {"dev": 1, "ino": 2, "fp": "0:x", "offset": i}
+        state["users"] = {"@u%d" % j: str(j) for j in range(rng.randrange(0, 60))}   # sizes vary
+        state["tweet_seq"] = i
+        writer.point = rng.choice(DyingAtomicWriter.POINTS + (None,))
+        writer.dead = False
+        try:
+            ok = store.save(state)
+        except Killed:
+            ok = None
+        if writer.point is None:
+            assert ok is True
+        else:
+            assert ok is None, "the simulated kill at %s was swallowed" % writer.point
+        loaded, found = bs.StateStore(path).load()      # the next run
+        assert not os.path.exists(path + ".corrupt"), "kill at %s left a torn state file" % writer.point
+        if current is None and not found:
+            outcome = "old"
+        else:
+            assert found
+            outcome = "new" if loaded["tweet_seq"] == i else "old"
+            if outcome == "old":
+                assert loaded == current
+            else:
+                assert loaded["files"] == state["files"] and loaded["users"] == state["users"]
+        if writer.point in (None, "after-replace"):
+            assert outcome == "new", "kill %s: the new state should be committed" % writer.point
+        else:
+            assert outcome == "old", "kill %s: the old state should remain" % writer.point
+        outcomes[outcome] += 1
+        if outcome == "new":
+            current = loaded
+    assert outcomes["old"] > 20 and outcomes["new"] > 20
+    print("state-write kills:", outcomes)
+
+
+def test_state_writer_dying_with_partial_temp_file(tmp_path):
+    """The brief's literal case: a writer that leaves a partial temp file
+    beside the state file and raises.  StateStore never writes the state
+    path itself, and load ignores the leftovers."""
+    rng = random.Random(SEED + 7)
+    path = str(tmp_path / "birdsentinel.state")
+    good = bs.new_state()
+    good["tweet_seq"] = 41
+    assert bs.StateStore(path).save(good)
+
+    def dying(p, data):
+        fd, tmp = tempfile.mkstemp(prefix=".birdsentinel-", suffix=".tmp", dir=os.path.dirname(p))
+        os.write(fd, data[:rng.randrange(0, len(data))])
+        os.close(fd)
+        raise Killed()
+
+    store = bs.StateStore(path, writer=dying)
+    for i in range(20):
+        new = bs.new_state()
+        new["tweet_seq"] = 100 + i
+        with pytest.raises(Killed):
+            store.save(new)
+        loaded, found = bs.StateStore(path).load()
+        assert found and loaded["tweet_seq"] == 41
+        assert not os.path.exists(path + ".corrupt")
+    # the leftovers do not get in the way of the next run's saves
+    store = bs.StateStore(path)
+    new = bs.new_state()
+    new["tweet_seq"] = 42
+    assert store.save(new)
+    assert bs.StateStore(path).load()[0]["tweet_seq"] == 42
+
+
+SAVER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+import birdsentinel as bs
+store = bs.StateStore(sys.argv[1])
+i = int(sys.argv[3])
+pad = "x" * 20000                     # a write big enough to be caught mid-way
+while True:
+    st = bs.new_state()
+    st["tweet_seq"] = i
+    st["users"] = {"pad": pad, "seq": str(i)}
+    if not store.save(st):
+        sys.exit(3)
+    os.write(1, b"%d\n" % i)
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_state_saver_process_sigkilled_mid_write(tmp_path):
+    """A real process saving in a tight loop, SIGKILLed 30 times: each time
+    the file holds the last acknowledged save or the one after it."""
+    rng = random.Random(SEED + 3)
+    path = str(tmp_path / "birdsentinel.state")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    next_seq = 1
+    for k in range(30):
+        p = subprocess.Popen([sys.executable, "-c", SAVER, path, root, str(next_seq)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # wait for the first acknowledged save, then kill at a random moment
+            first = p.stdout.readline()
+            assert first, "saver died: %s" % p.stderr.read().decode()
+            time.sleep(rng.uniform(0.0, 0.05))
+            p.send_signal(signal.SIGKILL)
+            out = first + p.stdout.read()
+            p.wait(timeout=10)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        acked = [int(x) for x in out.split()]
+        last = acked[-1]
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))          # never torn
+        assert bs.valid_state(data)
+        assert data["tweet_seq"] in (last, last + 1), (k, last, data["tweet_seq"])
+        assert data["users"]["seq"] == str(data["tweet_seq"])
+        next_seq = data["tweet_seq"] + 1
+
+
+# ---- kills during outbox appends ---------------------------------------------
+
+def _outbox_ops(ob, rng, n):
+    """Random adds and dones; returns the expected pending ids."""
+    for _ in range(n):
+        if ob.entries and rng.random() < 0.4:
+            ob.done([rng.choice(list(ob.entries))])
+        else:
+            ob.add("dm", "@alice", "[h] ALERT %d" % ob.next_id, 1000.0 + ob.next_id)
+    return list(ob.entries)
+
+
+def test_outbox_torn_last_record_at_every_byte(tmp_path):
+    rng = random.Random(SEED)
+    base = str(tmp_path / "birdsentinel.outbox")
+    dead = str(tmp_path / "birdsentinel.dead")
+    ob = bs.Outbox(base, dead, fsync=False)
+    before = _outbox_ops(ob, rng, 40)
+    with open(base, "rb") as fh:
+        journal = fh.read()
+    # the next record, as _append would write it
+    for last in ({"op": "add", "id": ob.next_id, "kind": "dm", "to": "@alice", "text": "[h] ALERT tail \u00e9",
+                  "t": 5.0},
+                 {"op": "done", "id": before[0]}):
+        rec = json.dumps(last, separators=(",", ":")).encode("utf-8") + b"\n"
+        for cut in range(len(rec) + 1):
+            path = str(tmp_path / "cut.outbox")
+            with open(path, "wb") as fh:
+                fh.write(journal + rec[:cut])
+            loaded = bs.Outbox(path, dead, fsync=False)
+            loaded.load()
+            if cut >= len(rec) - 1:          # the record is whole (its newline is optional)
+                expect = before + [last["id"]] if last["op"] == "add" else before[1:]
+            else:
+                expect = before
+            assert list(loaded.entries) == expect, "cut at byte %d of %r" % (cut, rec)
+            for i in expect:
+                if i in ob.entries:
+                    assert loaded.entries[i]["text"] == ob.entries[i]["text"]
+            # after the load, new records are not glued to the torn one
+            new = loaded.add("dm", "@alice", "after", 6.0)
+            again = bs.Outbox(path, dead, fsync=False)
+            again.load()
+            assert list(again.entries) == expect + [new["id"]]
+            assert new["id"] > max(before)
+
+
+def test_outbox_append_killed_part_way(tmp_path, monkeypatch):
+    """os.write cut short by a kill: the partial record is skipped on load,
+    nothing earlier is lost, and ids are not reused."""
+    rng = random.Random(SEED + 5)
+    path = str(tmp_path / "birdsentinel.outbox")
+    dead = str(tmp_path / "birdsentinel.dead")
+    for trial in range(30):
+        if os.path.exists(path):
+            os.unlink(path)
+        ob = bs.Outbox(path, dead, fsync=False)
+        kept = _outbox_ops(ob, rng, rng.randrange(1, 15))
+        real_write = os.write
+        whole = []
+
+        def cut_write(fd, data):
+            k = rng.randrange(0, len(data))
+            real_write(fd, bytes(data)[:k])
+            whole.append(k == len(data) - 1)    # all but the newline: the record is complete
+            raise Killed()
+
+        monkeypatch.setattr(os, "write", cut_write)
+        try:
+            with pytest.raises(Killed):
+                if kept and rng.random() < 0.5:
+                    committed = kept[1:]
+                    ob.done([kept[0]])
+                else:
+                    committed = kept + [ob.next_id]
+                    ob.add("dm", "@alice", "[h] ALERT killed", 9.0)
+        finally:
+            monkeypatch.setattr(os, "write", real_write)
+        loaded = bs.Outbox(path, dead, fsync=False)
+        loaded.load()
+        assert list(loaded.entries) == (committed if whole[0] else kept), trial
+        assert loaded.next_id >= max(kept + [0]) + 1
