@@ -91,8 +91,9 @@ Signals:
 
 Exit status:
   0 success; 1 an action failed (--once, --send); 64 usage error;
-  66 input missing; 73 cannot create a file; 75 temporary failure (another
-  instance running, X unreachable); 78 configuration or credential error.
+  66 input missing; 70 internal error; 73 cannot create a file;
+  75 temporary failure (another instance running, X unreachable);
+  78 configuration or credential error.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ EX_FAIL = 1
 EX_USAGE = 64
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
+EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -2919,6 +2921,10 @@ class Sentinel:
         self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
+        # per rule: one case-sensitive literal its line must contain, or the
+        # general check (several literals, or casefolded), or neither
+        self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
+                      for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         # all rules' counters share a table: each entry expires with its rule's window
         self.windows = {r.ident: float(max(r.threshold.seconds if r.threshold else 0,
                                            r.throttle.delay if r.throttle else 0))
@@ -2949,8 +2955,11 @@ class Sentinel:
         if self.self_tag is not None and self.self_tag in line:
             return
         folded: Optional[str] = None
-        for rule, check in zip(self.rules, self.plan.checks or [None] * len(self.rules)):
-            if check is not None:
+        for rule, single, check in self.steps:
+            if single is not None:                  # the common case, kept cheap
+                if single not in line:
+                    continue
+            elif check is not None:
                 lits, ci = check
                 if ci:
                     if folded is None:
@@ -2969,7 +2978,8 @@ class Sentinel:
             if rule.kind == "ignore":
                 return
             self.matches += 1
-            ok, suffix = self.limits(rule, line, m)
+            ok, suffix = (True, "") if rule.threshold is None and rule.throttle is None \
+                else self.limits(rule, line, m)
             if ok:
                 message = line + suffix
                 for action in rule.actions:
@@ -3760,6 +3770,9 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
         return exc.exit_code
     except KeyboardInterrupt:
         return EX_OK
+    except Exception:                       # a bug: say so where the admin looks
+        LOG.critical("internal error, please report it (state and outbox are kept)", exc_info=True)
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":
