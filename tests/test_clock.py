@@ -7,7 +7,6 @@ in wall time; a backward jump must end a window, never freeze it for the
 length of the jump, and a forward jump just ends it.
 """
 
-import email.message
 import io
 import json
 import random
@@ -18,6 +17,7 @@ import urllib.parse
 import pytest
 
 import birdsentinel as bs
+from fakes import Resp, headers_of
 
 T0 = 1_700_000_000.0
 M0 = 7_000.0
@@ -183,23 +183,7 @@ def test_sentinel_throttle_with_wall_jumps():
 
 # -- delivery: a fake X behind the opener ---------------------------------------
 
-def _headers(d):
-    m = email.message.Message()
-    for k, v in (d or {}).items():
-        m[k] = str(v)
-    return m
 
-
-class Resp:
-    def __init__(self, status, body, headers=None):
-        self.status, self.headers = status, _headers(headers)
-        self._body = json.dumps(body).encode()
-
-    def read(self, n=-1):
-        return self._body
-
-    def close(self):
-        pass
 
 
 class Opener:
@@ -219,7 +203,7 @@ class Opener:
         status, body, headers = item
         if 200 <= status < 300:
             return Resp(status, body, headers)
-        raise urllib.error.HTTPError(req.full_url, status, "err", _headers(headers),
+        raise urllib.error.HTTPError(req.full_url, status, "err", headers_of(headers),
                                      io.BytesIO(json.dumps(body).encode()))
 
 

@@ -5,7 +5,6 @@ and raises urllib.error.HTTPError for the rest, or raises URLError /
 socket.timeout / http.client errors for network trouble.
 """
 
-import email.message
 import http.client
 import io
 import json
@@ -22,6 +21,7 @@ import pytest
 
 import birdsentinel as bs
 from fakex import weighted_length
+from fakes import Resp, headers_of
 
 T0 = 1_700_000_000.0
 
@@ -37,25 +37,7 @@ class Clock:
         self.t += s
 
 
-def _headers(d):
-    m = email.message.Message()
-    for k, v in (d or {}).items():
-        m[k] = str(v)
-    return m
 
-
-class Resp:
-    def __init__(self, status, body=b"", headers=None):
-        self.status = status
-        self.headers = _headers(headers)
-        self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.closed = False
-
-    def read(self, n=-1):
-        return self._body
-
-    def close(self):
-        self.closed = True
 
 
 def problem(status, detail):
@@ -110,7 +92,7 @@ class FakeX:
         if 200 <= status < 300:
             return Resp(status, body, headers)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        raise urllib.error.HTTPError(req.full_url, status, "err", _headers(headers), io.BytesIO(raw))
+        raise urllib.error.HTTPError(req.full_url, status, "err", headers_of(headers), io.BytesIO(raw))
 
     # views
     def sends(self):

@@ -7,7 +7,6 @@ sleeps, every figure exact.  (c) uses the loopback fake X server
 daemon is stopped (SIGTERM, then SIGKILL by pid) in a finally block.
 """
 
-import email.message
 import http.client
 import io
 import json
@@ -28,6 +27,7 @@ import pytest
 import birdsentinel as bs
 from conftest import record_secret_scan_file, record_secret_scan_text
 from fakex import FakeX
+from fakes import Resp, headers_of
 
 T0 = 1_700_000_000.0
 M0 = 5_000.0                         # the monotonic clock has its own origin
@@ -67,24 +67,7 @@ class Clocks:
         self.mono += s
 
 
-def _headers(d):
-    m = email.message.Message()
-    for k, v in (d or {}).items():
-        m[k] = str(v)
-    return m
 
-
-class Resp:
-    def __init__(self, status, body, headers=None):
-        self.status = status
-        self.headers = _headers(headers)
-        self._body = body if isinstance(body, bytes) else json.dumps(body).encode()
-
-    def read(self, n=-1):
-        return self._body
-
-    def close(self):
-        pass
 
 
 def answer(req, status, body, headers=None):
@@ -92,7 +75,7 @@ def answer(req, status, body, headers=None):
     if 200 <= status < 300:
         return Resp(status, body, headers)
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    raise urllib.error.HTTPError(req.full_url, status, "error", _headers(headers), io.BytesIO(raw))
+    raise urllib.error.HTTPError(req.full_url, status, "error", headers_of(headers), io.BytesIO(raw))
 
 
 def ok_answer(req):

@@ -1,0 +1,33 @@
+"""Small test doubles shared by the delivery, network-fault and clock tests:
+a canned HTTP answer shaped like what urllib's opener returns."""
+
+import email.message
+import json
+
+
+def headers_of(d):
+    """A header object like urllib's (case-insensitive, .items())."""
+    m = email.message.Message()
+    for k, v in (d or {}).items():
+        m[k] = str(v)
+    return m
+
+
+def body_bytes(body):
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+class Resp:
+    """A 2xx answer: status, headers, a body given as bytes or as JSON data."""
+
+    def __init__(self, status, body=b"", headers=None):
+        self.status = status
+        self.headers = headers_of(headers)
+        self._body = body_bytes(body)
+        self.closed = False
+
+    def read(self, n=-1):
+        return self._body
+
+    def close(self):
+        self.closed = True
