@@ -119,6 +119,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unicodedata
 import urllib.parse
 import zlib
@@ -134,6 +135,8 @@ __version__ = "0.1.0"
 LOG = logging.getLogger("birdsentinel")
 
 # ==== Constants ==============================================================
+# Read-only: tables are MappingProxyType, sequences tuples.  The only module
+# global that changes is the standard logging registry behind LOG.
 
 DEFAULT_TWITTER_DIR = "/etc/sevagas/monitor/twitter"
 DEFAULT_API_BASE = "https://api.x.com"
@@ -159,7 +162,7 @@ TWEET_MAX_WEIGHT = 280        # twitter-text v3: weighted length
 TWEET_URL_WEIGHT = 23
 TWEET_MAX_TEXT = 1000         # longer alert text is cut before it is posted (4 posts at most)
 TWEET_WEIGHT1_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
-PRICE_USD = {"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20}
+PRICE_USD = types.MappingProxyType({"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20})
 DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440),
                   ("tweet_per_15m", 100), ("tweet_per_day", 10000),
                   ("usd_per_day", None))
@@ -179,14 +182,14 @@ EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
-ECHO_MODES = {
+ECHO_MODES = types.MappingProxyType({
     "normal": "0", "bold": "1", "underline": "4", "underscore": "4",
     "blink": "5", "inverse": "7", "reverse": "7", "concealed": "8",
     "black": "30", "red": "31", "green": "32", "yellow": "33",
     "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
     "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
     "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47",
-}
+})
 
 # ==== Errors =================================================================
 
@@ -329,12 +332,12 @@ def new_nonce() -> str:
 
 PERL_VAR_RE = re.compile(r"(?<!\\)[$@](?:\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
 TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[0-9])\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
-POSIX_CLASSES = {
+POSIX_CLASSES = types.MappingProxyType({
     "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
     "lower": "a-z", "space": r"\s", "xdigit": "0-9A-Fa-f", "word": r"\w",
     "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
-}
+})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses",
                       "defang")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
@@ -3050,7 +3053,7 @@ class Inotify:
 
 # ==== Command line ===========================================================
 
-UNSUPPORTED_FLAGS = {
+UNSUPPORTED_FLAGS = types.MappingProxyType({
     "--awk-field-syntax": "use regex groups ($1..$9) in the watchfor pattern instead",
     "--extra-include-dir": "custom Perl action modules are not supported",
     "-I": "custom Perl action modules are not supported",
@@ -3060,7 +3063,7 @@ UNSUPPORTED_FLAGS = {
     "-O": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
     "--dump-script": "there is no generated script; --check shows what the config does",
     "--input-record-separator": "lines end at newlines",
-}
+})
 IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
                  "-r", "--debug", "--noawk-field-syntax")
 
@@ -3668,6 +3671,9 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
     if not os.path.isdir(script_dir):
         problems.append("script dir %s does not exist: mkdir -m 0750 %s and chown it to the daemon user"
                         % (script_dir, script_dir))
+    elif os.stat(script_dir).st_uid not in (0, os.geteuid()):
+        problems.append("script dir %s belongs to uid %d, not to %s who runs the daemon: chown %s %s"
+                        % (script_dir, os.stat(script_dir).st_uid, current_user(), current_user(), script_dir))
     elif not os.access(script_dir, os.W_OK | os.X_OK):
         problems.append("script dir %s is not writable by %s: chown %s %s"
                         % (script_dir, current_user(), current_user(), script_dir))
@@ -3701,10 +3707,16 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
                 problems.append("credential dir %s is open to every user (mode %04o): chmod 0750 %s"
                                 % (directory, stat.S_IMODE(st.st_mode), directory))
             for name in SECRET_NAMES:
+                path = os.path.join(directory, name)
                 try:
-                    read_secret(os.path.join(directory, name), checked)
+                    read_secret(path, checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
+                    continue
+                owner = os.stat(path).st_uid
+                if checked and owner not in (0, os.geteuid()):
+                    problems.append("credential file %s belongs to uid %d, who could replace it: "
+                                    "chown root:monitor %s" % (path, owner, path))
     return problems
 
 
