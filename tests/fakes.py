@@ -3,6 +3,7 @@ a canned HTTP answer shaped like what urllib's opener returns."""
 
 import email.message
 import json
+import time
 
 
 def headers_of(d):
@@ -31,3 +32,22 @@ class Resp:
 
     def close(self):
         self.closed = True
+
+
+def wait_until(pred, timeout=15.0):
+    """Poll pred every 20 ms until it is true or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def read_text(path):
+    """A file's text, or "" while it does not exist (yet)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from fakes import read_text, wait_until
 from fakex import FakeX, extract_urls, write_creds
 
 CK, CS, AT, ATS = "ck-e2e", "cs-e2e-SECRET", "999-at-e2e", "ats-e2e-SECRET"   # conftest's scan looks for *-SECRET
@@ -72,21 +73,7 @@ def cli(script, env, *args, input=None, timeout=15):
     return r
 
 
-def wait_until(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
-
-def read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return ""
 
 
 # ---------------------------------------------------------------------------
@@ -113,7 +100,7 @@ def test_authorize_pin_flow(script, env, fx, tmp_path):
     for name, value in (("access-token", tok), ("access-token-secret", sec)):
         p = os.path.join(d, name)
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
-        assert read(p).strip() == value
+        assert read_text(p).strip() == value
     assert sec not in r.stdout + r.stderr and CS not in r.stdout + r.stderr
     # the new token works
     r = cli(script, env, "--send", "first", "--to", "@alice", "--twitter-dir", d, "--api-base", fx.base_url)
@@ -221,7 +208,7 @@ class Watcher:
         """Start with the log file absent, so everything written to it later is new."""
         assert not self.log.exists()
         p = self.start(conf_text)
-        assert wait_until(lambda: "waiting for it" in read(str(self.logfile)) or p.poll() is not None, 15), \
+        assert wait_until(lambda: "waiting for it" in read_text(str(self.logfile)) or p.poll() is not None, 15), \
             self.diag()
         assert p.poll() is None, self.diag()
         return p
@@ -231,14 +218,14 @@ class Watcher:
             fh.write("".join(line + "\n" for line in lines))
 
     def outbox_adds(self):
-        return sum(1 for line in read(str(self.sd / "birdsentinel.outbox")).splitlines() if '"op":"add"' in line)
+        return sum(1 for line in read_text(str(self.sd / "birdsentinel.outbox")).splitlines() if '"op":"add"' in line)
 
     def dead(self):
-        return [json.loads(line) for line in read(str(self.sd / "birdsentinel.dead")).splitlines() if line.strip()]
+        return [json.loads(line) for line in read_text(str(self.sd / "birdsentinel.dead")).splitlines() if line.strip()]
 
     def diag(self):
-        errs = "".join(read(str(self.dir / ("stderr.%d" % i))) for i in range(len(self.procs)))
-        return "log:\n%s\nstderr:\n%s" % (read(str(self.logfile))[-3000:], errs[-2000:])
+        errs = "".join(read_text(str(self.dir / ("stderr.%d" % i))) for i in range(len(self.procs)))
+        return "log:\n%s\nstderr:\n%s" % (read_text(str(self.logfile))[-3000:], errs[-2000:])
 
     def stop_all(self):
         for p in self.procs:
@@ -374,7 +361,7 @@ def _coalescing(watcher, fx, budget_line):
     assert got[1].startswith("+5 alerts since "), got[1]
     for line in lines:
         assert any(line in g for g in got)
-    assert "budget" in read(str(watcher.logfile))
+    assert "budget" in read_text(str(watcher.logfile))
 
 
 def test_budget_coalescing(watcher, fx):
@@ -411,7 +398,7 @@ def test_401_keeps_alerts_logs_once_and_sighup_after_reauthorize_delivers(watche
     time.sleep(0.5)
     assert len(fx.dms) == 1
     assert watcher.outbox_adds() >= 2 and watcher.dead() == []
-    assert read(str(watcher.logfile)).count("(401") == 1, watcher.diag()
+    assert read_text(str(watcher.logfile)).count("(401") == 1, watcher.diag()
     # the admin does what the log says: --authorize, then SIGHUP
     r = cli(script, env, "--authorize", "--twitter-dir", tw, "--api-base", fx.base_url, input="1234567\n")
     assert r.returncode == 0, r.stderr

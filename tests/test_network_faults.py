@@ -27,7 +27,7 @@ import pytest
 import birdsentinel as bs
 from conftest import record_secret_scan_file, record_secret_scan_text
 from fakex import FakeX
-from fakes import Resp, headers_of
+from fakes import Resp, headers_of, read_text, wait_until
 
 T0 = 1_700_000_000.0
 M0 = 5_000.0                         # the monotonic clock has its own origin
@@ -396,21 +396,7 @@ def _alive(pid):
         return False
 
 
-def _wait(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
-
-def _read(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return ""
 
 
 def test_daemon_keeps_matching_while_x_hangs_and_delivers_after_the_hang_is_lifted(fx, tmp_path, script):
@@ -437,34 +423,34 @@ def test_daemon_keeps_matching_while_x_hangs_and_delivers_after_the_hang_is_lift
     assert r.returncode == 0, r.stderr
     pid = int(pidfile.read_text().strip())
     try:
-        assert _wait(lambda: "watching" in _read(dlog), 10), _read(dlog)
+        assert wait_until(lambda: "watching" in read_text(dlog), 10), read_text(dlog)
         with open(str(logfile), "a") as fh:
             fh.write("ALERT one\n")
 
         def hung():
             return any(q.get("fault") and q["fault"].get("hang") for q in fx.requests)
-        assert fx.wait_for(hung, 15), _read(dlog)
+        assert fx.wait_for(hung, 15), read_text(dlog)
         # X hangs: matching and the durable outbox go on all the same
         with open(str(logfile), "a") as fh:
             fh.write("ALERT two\nALERT three\n")
-        assert _wait(lambda: "ALERT three" in _read(outbox), 10), _read(dlog)
+        assert wait_until(lambda: "ALERT three" in read_text(outbox), 10), read_text(dlog)
         assert fx.dms == []
         assert _alive(pid)
         # lift the hang: the server lets go of the connection it held
         fx._stopping.set()
-        assert fx.wait_for(lambda: len(fx.dms) >= 3, 20), _read(dlog)
+        assert fx.wait_for(lambda: len(fx.dms) >= 3, 20), read_text(dlog)
         texts = [m["text"] for m in fx.dms]
         assert [t.split("] ", 1)[1] for t in texts] == ["ALERT one", "ALERT two", "ALERT three"]
-        assert "delivery failed" in _read(dlog)
+        assert "delivery failed" in read_text(dlog)
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            if not _wait(lambda: not _alive(pid), 20):
+            if not wait_until(lambda: not _alive(pid), 20):
                 os.kill(pid, signal.SIGKILL)
-                _wait(lambda: not _alive(pid), 5)
+                wait_until(lambda: not _alive(pid), 5)
         record_secret_scan_file("daemon log (hang test)", str(dlog))
     assert not _alive(pid)
-    assert _wait(lambda: not pidfile.exists(), 5)
-    log_text = _read(dlog)
+    assert wait_until(lambda: not pidfile.exists(), 5)
+    log_text = read_text(dlog)
     assert "Traceback" not in log_text and "delivery step failed" not in log_text, log_text
     assert len(fx.dms) == 3                          # nothing sent twice
