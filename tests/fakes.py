@@ -3,6 +3,7 @@ a canned HTTP answer shaped like what urllib's opener returns."""
 
 import email.message
 import json
+import logging
 import time
 
 
@@ -51,3 +52,24 @@ def read_text(path):
             return fh.read()
     except OSError:
         return ""
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record of the logger it is added to."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level, *words):
+        """Messages at `level` or above that contain every one of `words`."""
+        return [m for m in (r.getMessage() for r in self.records if r.levelno >= level)
+                if all(w in m for w in words)]
+
+    def only(self, level, *words):
+        """Messages at exactly `level` that contain every one of `words`."""
+        return [m for m in (r.getMessage() for r in self.records if r.levelno == level)
+                if all(w in m for w in words)]

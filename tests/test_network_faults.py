@@ -27,7 +27,7 @@ import pytest
 import birdsentinel as bs
 from conftest import record_secret_scan_file, record_secret_scan_text
 from fakex import FakeX
-from fakes import Resp, headers_of, read_text, wait_until
+from fakes import LogCapture, Resp, headers_of, read_text, wait_until
 
 T0 = 1_700_000_000.0
 M0 = 5_000.0                         # the monotonic clock has its own origin
@@ -95,22 +95,11 @@ def dm_text(req):
     return json.loads(req.data.decode("utf-8"))["text"]
 
 
-class ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def messages(self, level=logging.DEBUG):
-        return [r.getMessage() for r in self.records if r.levelno >= level]
-
 
 @pytest.fixture
 def logs():
     """birdsentinel's own records, whatever main() elsewhere did to propagation."""
-    h = ListHandler()
+    h = LogCapture()
     old = bs.LOG.level
     bs.LOG.addHandler(h)
     bs.LOG.setLevel(logging.DEBUG)

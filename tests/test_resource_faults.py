@@ -23,30 +23,15 @@ import time
 import pytest
 
 import birdsentinel as bs
+from fakes import LogCapture
 
 
 # ---- helpers ---------------------------------------------------------------
 
-class Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def messages(self, level=logging.WARNING, *words):
-        return [m for m in (r.getMessage() for r in self.records if r.levelno >= level)
-                if all(w in m for w in words)]
-
-    def only(self, level, *words):
-        return [m for m in (r.getMessage() for r in self.records if r.levelno == level)
-                if all(w in m for w in words)]
-
 
 @pytest.fixture
 def logs():
-    cap = Capture()
+    cap = LogCapture()
     old = (bs.LOG.level, bs.LOG.propagate)
     bs.LOG.setLevel(logging.DEBUG)
     bs.LOG.addHandler(cap)

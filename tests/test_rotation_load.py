@@ -28,20 +28,13 @@ import threading
 import time
 
 import birdsentinel as bs
+from fakes import LogCapture
 
 SEED = 4242
 DURATION = 3.0
 FIGURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".figures")
 LINE_RE = re.compile(r"^L(\d{7}) payload-(\d{7})-x{0,40}$")
 
-
-class Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
 
 
 def test_rotation_under_load_every_line_once(tmp_path):
@@ -50,7 +43,7 @@ def test_rotation_under_load_every_line_once(tmp_path):
     log = str(tmp_path / "app.log")
     open(log, "wb").close()
 
-    cap = Capture()
+    cap = LogCapture()
     old_level, old_prop = bs.LOG.level, bs.LOG.propagate
     bs.LOG.setLevel(logging.INFO)
     bs.LOG.addHandler(cap)
