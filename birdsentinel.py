@@ -1633,6 +1633,29 @@ def acquire_lock(state_path: str) -> int:
     return fd
 
 
+def parse_journal(raw: bytes) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
+    """The outbox journal's pending messages in order, the highest id seen,
+    and the numbers (from 0) of the lines that are not whole records:
+    writes a crash cut short."""
+    entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
+    last_id, unreadable = 0, []
+    for n, line in enumerate(raw.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            op, ident = rec["op"], int(rec["id"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            unreadable.append(n)
+            continue
+        if op == "add":
+            entries[ident] = rec
+        elif op == "done":
+            entries.pop(ident, None)
+        last_id = max(last_id, ident)
+    return entries, last_id, unreadable
+
+
 class Outbox:
     """Messages waiting for X, as an append-only journal of JSON lines:
     {"op":"add",...} when matched, {"op":"done","id":N} when X accepted it
@@ -1657,21 +1680,10 @@ class Outbox:
                 raw = b""
             except OSError as exc:
                 raise StateError("cannot read outbox %s: %s" % (self.path, exc.strerror)) from None
-            torn = 0
-            for line in raw.split(b"\n"):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line.decode("utf-8"))
-                    op, ident = rec["op"], int(rec["id"])
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                    torn += 1                   # a write cut short by a crash
-                    continue
-                if op == "add":
-                    self.entries[ident] = rec
-                elif op == "done":
-                    self.entries.pop(ident, None)
-                self.next_id = max(self.next_id, ident + 1)
+            entries, last_id, unreadable = parse_journal(raw)
+            self.entries.update(entries)
+            self.next_id = max(self.next_id, last_id + 1)
+            torn = len(unreadable)
             if torn:
                 LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, torn)
             if raw:

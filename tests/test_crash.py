@@ -51,23 +51,10 @@ def journal_pending(path):
             raw = fh.read()
     except FileNotFoundError:
         return {}, 0
-    pending, bad = {}, 0
-    lines = raw.split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line.decode("utf-8"))
-            op, ident = rec["op"], int(rec["id"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            if i != len(lines) - 1:          # only an unterminated last record may be torn
-                bad += 1
-            continue
-        if op == "add":
-            pending[ident] = rec
-        elif op == "done":
-            pending.pop(ident, None)
-    return pending, bad
+    pending, _last, unreadable = bs.parse_journal(raw)
+    last_line = len(raw.split(b"\n")) - 1
+    # only an unterminated last record may be torn
+    return dict(pending), sum(1 for n in unreadable if n != last_line)
 
 
 class Daemon:
