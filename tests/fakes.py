@@ -73,3 +73,12 @@ class LogCapture(logging.Handler):
         """Messages at exactly `level` that contain every one of `words`."""
         return [m for m in (r.getMessage() for r in self.records if r.levelno == level)
                 if all(w in m for w in words)]
+
+
+def print_figures(request, figures):
+    """Show a module's measured figures in the test run's output, past capture."""
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
+    if figures and tr is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            tr.write_line("figures (%s): %s" % (request.module.__name__, json.dumps(figures, sort_keys=True)))

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import birdsentinel as bs
+from fakes import print_figures
 from conftest import record_secret_scan_text
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
@@ -47,11 +48,7 @@ def count(name):
 @pytest.fixture(scope="module", autouse=True)
 def _print_figures(request):
     yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if FIGURES and tr is not None and capman is not None:
-        with capman.global_and_fixture_disabled():
-            tr.write_line("figures (%s): %s" % (request.module.__name__, json.dumps(FIGURES, sort_keys=True)))
+    print_figures(request, FIGURES)
 
 
 def bad_chars(text, allow_newline=True):

@@ -27,7 +27,7 @@ import pytest
 import birdsentinel as bs
 from conftest import record_secret_scan_file, record_secret_scan_text
 from fakex import FakeX
-from fakes import LogCapture, Resp, headers_of, read_text, wait_until
+from fakes import LogCapture, Resp, headers_of, print_figures, read_text, wait_until
 
 T0 = 1_700_000_000.0
 M0 = 5_000.0                         # the monotonic clock has its own origin
@@ -40,11 +40,7 @@ FIGURES = {}                                  # printed once at the end of this 
 @pytest.fixture(scope="module", autouse=True)
 def _print_figures(request):
     yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if FIGURES and tr is not None and capman is not None:
-        with capman.global_and_fixture_disabled():
-            tr.write_line("figures (%s): %s" % (request.module.__name__, json.dumps(FIGURES, sort_keys=True)))
+    print_figures(request, FIGURES)
 
 
 # -- fakes -------------------------------------------------------------------
