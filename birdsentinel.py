@@ -2228,6 +2228,11 @@ def check_api_base(url: str) -> str:
     raise BirdError("bad API base %r: give https://host" % url)
 
 
+def api_base_of(opts: Any, env: Dict[str, str]) -> str:
+    """--api-base, else $BIRDSENTINEL_API_BASE, else X's own; checked."""
+    return check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
+
+
 @dataclass
 class XResponse:
     status: int
@@ -3287,13 +3292,10 @@ class App:
     def make_client(self) -> Optional[XClient]:
         try:
             creds = load_credentials(self.opts.twitter_dir, self.env)
-            return XClient(creds, self.api_base(), ca_file=self.opts.ca_file)
+            return XClient(creds, api_base_of(self.opts, self.env), ca_file=self.opts.ca_file)
         except BirdError as exc:
             LOG.error("%s; alerts for X wait in the outbox until this is fixed (then SIGHUP)", exc)
             return None
-
-    def api_base(self) -> str:
-        return check_api_base(self.opts.api_base or self.env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
 
     def start_sender(self, config: Config) -> None:
         if self.outbox is None:
@@ -3577,7 +3579,7 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
              opener: Optional[Callable[..., Any]] = None) -> int:
     """The drop-in for the classic one-argument sender: exit 0 only on 201."""
     creds = load_credentials(opts.twitter_dir, env)
-    client = XClient(creds, check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE),
+    client = XClient(creds, api_base_of(opts, env),
                      opener=opener, ca_file=opts.ca_file)
     text = sanitize(opts.send)
     if not text.strip():
@@ -3625,7 +3627,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
                   opener: Optional[Callable[..., Any]] = None) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
     creds = load_credentials(opts.twitter_dir, env, need_token=False)
-    base = check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
+    base = api_base_of(opts, env)
     client = XClient(creds, base, opener=opener, ca_file=opts.ca_file)
     resp = client.request_token()
     form = resp.form()
@@ -3744,7 +3746,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
         out.write("FIX: %s\n" % p)
     if opts.online:
         creds = load_credentials(opts.twitter_dir, env)
-        client = XClient(creds, check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE),
+        client = XClient(creds, api_base_of(opts, env),
                          opener=opener, ca_file=opts.ca_file)
         resp = client.me()
         code = report_failure(resp, "asking X who the token belongs to")
