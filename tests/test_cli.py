@@ -305,7 +305,7 @@ def test_examine_bundled_sample_dry_run(script, tmp_path):
     out = r.stdout.decode()
     assert "Traceback" not in r.stderr.decode()
     assert "bird_alert" in out
-    assert "would dm @ops_oncall:" in out
+    assert "would dm @ops_oncall (id resolved at send time):" in out
     assert "would run: /bin/echo bounced:" in out
     assert "would post:" in out
     assert "CRON[" not in out, "the ignore rule did not drop the cron noise"

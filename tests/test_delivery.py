@@ -242,17 +242,22 @@ def test_credentials_repr_hides_secrets(rig):
 
 
 # ---------------------------------------------------------------------------
-# classify_status, rate_limit_until, backoff_delay, budget_allowance
+# classify, rate_limit_until, backoff_delay, budget_allowance
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status, cls", [
-    (200, "ok"), (201, "ok"), (429, "rate"), (401, "auth"),
-    (400, "permanent"), (403, "permanent"), (404, "permanent"), (413, "permanent"),
-    (408, "retry"), (409, "retry"), (425, "retry"),
-    (500, "retry"), (502, "retry"), (503, "retry"), (504, "retry"),
+@pytest.mark.parametrize("status, cls, detail", [
+    (200, "ok", ""), (201, "ok", ""), (429, "rate", ""), (401, "auth", ""),
+    (402, "credit", "Your enrolled account does not have any credits to fulfill this request."),
+    (403, "credit", "Your account has no credits left"),
+    (403, "credit", "You currently have access to a subset of X API V2 endpoints"),
+    (400, "permanent", ""), (403, "permanent", "You cannot send messages to this user."),
+    (404, "permanent", ""), (413, "permanent", ""),
+    (408, "retry", ""), (409, "retry", ""), (425, "retry", ""),
+    (500, "retry", ""), (502, "retry", ""), (503, "retry", ""), (504, "retry", ""),
 ])
-def test_classify_status(status, cls):
-    assert bs.classify_status(status) == cls
+def test_classify(status, cls, detail):
+    body = json.dumps({"title": "t", "detail": detail}).encode() if detail else b""
+    assert bs.classify(bs.XResponse(status, {}, body)) == cls
 
 
 NOW = T0

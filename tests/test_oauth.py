@@ -377,7 +377,7 @@ def test_xclient_request_accepted_by_fakex():
                access_token_secret="ts=?%", users={"alice": "1001"}).start()
     try:
         good = bs.XClient(bs.Credentials("ck-key", "cs &+/\u2603", "7-tok", "ts=?%"), fx.base_url)
-        assert good.user_by_username("alice").json()["data"]["id"] == "1001"
+        assert good.user("@alice").json()["data"]["id"] == "1001"
         r = good.send_dm("1001", "hello & = + \u2603")
         assert r.status == 201, r.body
         assert fx.dms[-1]["text"] == "hello & = + \u2603"
