@@ -44,7 +44,7 @@ X (Twitter):
   --api-base URL           X API base (default https://api.x.com; also
                            $BIRDSENTINEL_API_BASE); plain http only for
                            loopback addresses
-  --ca-file FILE           extra CA bundle for TLS verification
+  --ca-file FILE           CA bundle trusted in addition to the system's
   --authorize              PIN flow: get and store an access token
   --send MESSAGE           send one message and exit 0 only on success
   --to @USER|ID            recipient for --send (default: the account itself)
@@ -61,6 +61,8 @@ Config grammar (swatch 3):
                            ${name} (groups) are put INSIDE single arguments.
                            No shell ever runs: to use one, pass the line as
                            an argument: exec sh -c 'logger "$1"' sh $_
+                           Control characters and escape sequences of the
+                           line are removed (tab kept); ",raw=1" keeps them.
   pipe CMD[,keep_open=1]   write the line to CMD's standard input
   mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
   write USER[:USER]        write(1) the line to users' terminals
@@ -153,10 +155,14 @@ MAX_LINE = 64 * 1024          # longer lines keep their first MAX_LINE bytes
 FINGERPRINT_LEN = 128         # bytes at a file's start that identify it
 MIN_FINGERPRINT = 16          # fewer first bytes than this identify nothing
 RETIRED_GRACE = 60.0          # seconds a rotated file is still read
-MAX_TABLE = 10000             # throttle/threshold keys before pruning
+MAX_TABLE = 10000             # throttle/threshold keys per rule; past it new keys are not tracked
+MAX_KEY = 256                 # longer counter keys are cut and hashed
+SUSPENDED_NOTICE = 3600.0     # seconds between two "tracking suspended" notices of a rule
 MAX_CHILDREN = 16             # exec/pipe/mail children at once
 MAX_QUEUED_ACTIONS = 10000    # actions waiting for a free child slot
 CHILD_TIMEOUT = 60.0          # seconds before a child is killed
+CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CHILD_ENV_KEEP = frozenset(("HOME", "LANG", "LANGUAGE", "LOGNAME", "SHELL", "TERM", "TZ", "USER"))
 
 DM_MAX_CHARS = 10000          # X's DM text limit (v1.1 documented; v2 silent)
 TWEET_MAX_WEIGHT = 280        # twitter-text v3: weighted length
@@ -230,6 +236,12 @@ class StateError(BirdError):
 
 class LockedError(BirdError):
     exit_code = EX_TEMPFAIL
+
+
+class UnsafeFileError(BirdError):
+    """A file or directory that birdsentinel did not make, or others can change."""
+
+    exit_code = EX_CONFIG
 
 
 class NoInputError(BirdError):
@@ -346,9 +358,11 @@ POSIX_CLASSES = types.MappingProxyType({
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
 })
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses",
-                      "defang")
+                      "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
+# the tag of a syslog line as rsyslog writes it: after the time and the host
+SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ (\S+)")
 
 
 @dataclass(frozen=True)
@@ -393,19 +407,29 @@ class Template:
     def has_variables(self) -> bool:
         return any(v for v, _ in self.parts)
 
-    def expand(self, line: str, match: Optional[re.Match]) -> str:
+    def head(self) -> str:
+        """The literal text before the first variable."""
+        text = []
+        for is_var, part in self.parts:
+            if is_var:
+                break
+            text.append(part)
+        return "".join(text)
+
+    def expand(self, line: str, match: Optional[re.Match], clean: Callable[[str], str] = str) -> str:
+        """The text with each variable's value, passed through clean."""
         out = []
         for is_var, name in self.parts:
             if not is_var:
                 out.append(name)
             elif name in ("_", "0", "*"):
-                out.append(line)
+                out.append(clean(line))
             elif match is None:
                 out.append("")
             else:
                 try:
                     key: Any = int(name) if name.isdigit() else name
-                    out.append(match.group(key) or "")
+                    out.append(clean(match.group(key) or ""))
                 except IndexError:            # no such group in this pattern
                     out.append("")
         return "".join(out)
@@ -471,6 +495,7 @@ class Action:
     subject: Optional[Template] = None      # mail
     message: Optional[Template] = None      # message=
     keep_open: bool = False                 # pipe
+    raw: bool = False                       # exec, pipe: the line's control bytes kept
     defang: bool = True                     # tweet
     when: Optional[When] = None
 
@@ -1069,7 +1094,8 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
             rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
         argv = parse_command(rest, path, lineno, key)
         return Action(key, lineno, argv=argv, when=opt_when(opts, path, lineno),
-                      message=opt_message(opts), keep_open=opts.get("keep_open", "0") not in ("0", "", "no"))
+                      message=opt_message(opts), keep_open=opts.get("keep_open", "0") not in ("0", "", "no"),
+                      raw=opts.get("raw", "0") not in ("0", "", "no"))
     if key == "echo":
         rest, opts = split_options(value, ACTION_OPTION_KEYS)
         modes = tuple(m.lower() for m in re.split(r"[\s,]+", rest) if m)
@@ -1355,21 +1381,36 @@ def throttle_key(th: Throttle, line: str, match: Optional[re.Match]) -> str:
     return th.key.expand(line, match)
 
 
-def prune_table(table: Dict[str, Any], horizon: float, max_entries: int = MAX_TABLE,
-                window: Optional[Callable[[str], float]] = None) -> None:
-    """Bound a counter table: when it grows past max_entries, drop the
-    entries whose window (start + window(key)) ended before horizon; if
-    still too many, those that end first."""
-    if len(table) <= max_entries:
-        return
-    span = window or (lambda key: 0.0)
+def threshold_expired(bucket: List[int], now: float, th: Threshold) -> bool:
+    """Dropping the bucket changes nothing: the next event starts anew."""
+    return bucket[0] + th.seconds <= now or now < bucket[0]
 
-    def ends(key: str) -> float:
-        return table[key][0] + span(key)
-    for k in [k for k in table if ends(k) < horizon]:
-        del table[k]
-    while len(table) > max_entries:
-        del table[min(table, key=ends)]
+
+def throttle_expired(rec: List[float], now: float, th: Throttle) -> bool:
+    """The next event acts anyway.  A plain throttle's record is kept a
+    day longer for its '(seen N times)'; a threshold throttle with events
+    counted is never dropped (its count decides)."""
+    last, count = rec
+    if th.threshold:
+        return count == 0 and (now > last + th.delay or now < last)
+    return now > last + th.delay + WINDOW_DAY
+
+
+def bounded_key(key: str) -> str:
+    if len(key) <= MAX_KEY:
+        return key
+    return key[:MAX_KEY - 9] + "#%08x" % zlib.crc32(key.encode("utf-8", "replace"))
+
+
+def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], bool], steps: int = 2) -> None:
+    """Look at the table's `steps` oldest entries: drop the expired ones,
+    put the others at the end.  O(1) per event, and every entry comes up
+    in turn; a live counter is never dropped to make room (issue 10: decoy
+    keys evicted a brute-force counter)."""
+    for _ in range(min(steps, len(table))):
+        key, rec = table.popitem(last=False)
+        if not expired(rec):
+            table[key] = rec
 
 
 # ==== Messages ===============================================================
@@ -1390,6 +1431,12 @@ URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
 TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
 
 
+def strip_controls(text: str) -> str:
+    """What a program gets of a log line: no escape sequence, no control
+    character but tab (OSC 52 would write the clipboard of a terminal)."""
+    return CONTROL_RE.sub("", ANSI_RE.sub("", text))
+
+
 def sanitize(text: str) -> str:
     """Remove ANSI/OSC escapes, control characters (tab becomes a space) and
     invisible format characters (category Cf: bidi marks, zero-width ones,
@@ -1397,7 +1444,7 @@ def sanitize(text: str) -> str:
     terminal, forge a message's layout or hide text in it."""
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
-    text = CONTROL_RE.sub("", ANSI_RE.sub("", text).replace("\t", " "))
+    text = strip_controls(text).replace("\t", " ")
     if text.isascii():
         return text
     return "".join(c for c in text if unicodedata.category(c) != "Cf")
@@ -1542,6 +1589,55 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(directory)
 
 
+def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
+    """Refuse a file birdsentinel did not make: the classic script dir is
+    group-writable (sticky), so a group member can plant a state file, an
+    outbox to read or a symlink to another file before we create ours."""
+    kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+            else "not a regular file" if not stat.S_ISREG(st.st_mode) else "")
+    if kind:
+        why = "it is %s" % kind
+    elif st.st_uid != os.geteuid():
+        why = "it belongs to uid %d, not to uid %d who runs birdsentinel" % (st.st_uid, os.geteuid())
+    elif st.st_mode & (0o027 if private else 0o022):
+        raise UnsafeFileError("refusing %s: its mode %04o lets other users %s it; chmod %s %s" % (
+            path, stat.S_IMODE(st.st_mode), "read or change" if private else "change",
+            "600" if private else "644", shlex.quote(path)))
+    else:
+        return
+    raise UnsafeFileError("refusing %s: %s; birdsentinel did not make it. Look at who did, remove it "
+                          "(rm -- %s) and start again" % (path, why, shlex.quote(path)))
+
+
+def open_ours(path: str, flags: int, private: bool = True) -> int:
+    """os.open for the files of the script dir: never through a symlink,
+    never blocking on a FIFO, and only a file of ours (check_ours)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EWOULDBLOCK):
+            check_ours(os.lstat(path), path, private)
+        raise
+    try:
+        check_ours(os.fstat(fd), path, private)
+    except BirdError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_dir_ours(directory: str) -> None:
+    """The script dir: ours or root's, and writable by others only if sticky."""
+    st = os.stat(directory)
+    if st.st_uid not in (0, os.geteuid()):
+        raise UnsafeFileError("refusing script dir %s: it belongs to uid %d; chown %d %s"
+                              % (directory, st.st_uid, os.geteuid(), shlex.quote(directory)))
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise UnsafeFileError("refusing script dir %s: mode %04o lets other users replace its files; "
+                              "chmod 0750 %s (or 3770 for a shared group, as the install guide says)"
+                              % (directory, stat.S_IMODE(st.st_mode), shlex.quote(directory)))
+
+
 def remove_stale_temp_files(directory: str) -> None:
     """Our atomic writes' temp files that a crash left behind.  Called with
     the state lock held, so no write of ours is in progress."""
@@ -1551,9 +1647,11 @@ def remove_stale_temp_files(directory: str) -> None:
         return
     for name in names:
         if name.startswith(".birdsentinel-") and name.endswith(".tmp"):
+            path = os.path.join(directory, name)
             try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
+                check_ours(os.lstat(path), path)
+                os.unlink(path)
+            except FileNotFoundError:
                 pass
 
 
@@ -1584,7 +1682,7 @@ class StateStore:
         """(state, found): a missing file gives a new state; a corrupt one is
         reported, kept aside as FILE.corrupt, and gives a new state."""
         try:
-            with open(self.path, "rb") as fh:
+            with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
             return new_state(), False
@@ -1627,7 +1725,7 @@ def acquire_lock(state_path: str) -> int:
     """An exclusive lock beside the state file: one instance per state."""
     lock_path = state_path + ".lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_ours(lock_path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise StateError("cannot create lock file %s: %s" % (lock_path, exc.strerror)) from None
     try:
@@ -1686,7 +1784,7 @@ class Outbox:
     def load(self) -> None:
         with self.lock:
             try:
-                with open(self.path, "rb") as fh:
+                with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
                     raw = fh.read()
             except FileNotFoundError:
                 raw = b""
@@ -1710,7 +1808,7 @@ class Outbox:
                 self.compact()                  # rewrite all, including what was only in memory
                 if not self.durable:
                     return
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, data)
                 if self.do_fsync:
@@ -1768,7 +1866,7 @@ class Outbox:
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
         try:
-            fd = os.open(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_ours(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, json.dumps(rec).encode("utf-8") + b"\n")
                 os.fsync(fd)
@@ -2184,22 +2282,37 @@ class Credentials:
 
 
 def read_secret(path: str, check_mode: bool = True) -> str:
+    """One secret.  Checked (outside systemd's credentials): a regular file
+    in its directory (a symlink may point only inside it), owned by root or
+    us, that nobody else can read or change; the checks are of the file
+    that was opened (fstat), so it cannot be swapped in between."""
+    real = os.path.realpath(path)
     try:
-        st = os.stat(path)
+        if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
+            raise CredentialsError("refusing credential file %s: it is a symbolic link to %s, outside its "
+                                   "directory; put the file itself there" % (path, real))
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CredentialsError("missing credential file %s" % path) from None
     except OSError as exc:
         raise CredentialsError("cannot read credential file %s: %s" % (path, exc.strerror)) from None
-    if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-        raise CredentialsError(
-            "refusing credential file %s: mode %04o lets other users read or change it; "
-            "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            value = fh.read(4096).strip()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialsError("refusing credential file %s: not a regular file" % path)
+        if check_mode and st.st_uid not in (0, os.geteuid()):
+            raise CredentialsError("refusing credential file %s: it belongs to uid %d, who could replace it; "
+                                   "run: chown root:monitor %s" % (path, st.st_uid, path))
+        if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+            raise CredentialsError(
+                "refusing credential file %s: mode %04o lets other users read or change it; "
+                "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
+        value = os.read(fd, 4096).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise CredentialsError("cannot read credential file %s: %s"
                                % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
+    finally:
+        os.close(fd)
     if not value or any(c.isspace() for c in value):
         raise CredentialsError("credential file %s must hold one value on one line" % path)
     return value
@@ -2216,24 +2329,47 @@ def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
 
 def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = True) -> Credentials:
     directory, check = credential_dir(twitter_dir, env)
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        mode = 0
+    if check and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CredentialsError("refusing credential dir %s: mode %04o lets other users replace the secrets; "
+                               "run: chmod 0750 %s" % (directory, stat.S_IMODE(mode), directory))
     names = SECRET_NAMES if need_token else SECRET_NAMES[:2]
     values = [read_secret(os.path.join(directory, n), check) for n in names]
+    protect_process()
     return Credentials(*values)
+
+
+def protect_process() -> None:
+    """Once the secrets are in memory: no core dump, no ptrace by the
+    same user (PR_SET_DUMPABLE 0 also closes /proc/PID/mem to them)."""
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)     # PR_SET_DUMPABLE
+    except (OSError, ValueError, AttributeError) as exc:
+        LOG.debug("cannot make the process non-dumpable: %s", exc)
+
+
+def is_loopback(url: str) -> bool:
+    import ipaddress
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_api_base(url: str) -> str:
     """https anywhere; plain http only to a loopback address (tests)."""
-    import ipaddress
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
         return url.rstrip("/")
     if parts.scheme == "http" and host:
-        try:
-            loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loop = False
-        if loop:
+        if is_loopback(url):
             return url.rstrip("/")
         raise BirdError("refusing plain http API base %s: credentials would cross the network "
                         "unencrypted; use https (http is allowed only for loopback)" % url)
@@ -2270,6 +2406,9 @@ class XResponse:
             errs = data.get("errors")
             if not text and isinstance(errs, list) and errs and isinstance(errs[0], dict):
                 text = str(errs[0].get("detail") or errs[0].get("message") or "")
+        if 300 <= self.status < 400:
+            where = urllib.parse.urlsplit(self.headers.get("location", "")).hostname or "nowhere"
+            text = "a redirect to %s, not followed (is a proxy or portal in the way?)" % where
         if not text:
             text = self.body[:200].decode("utf-8", "replace")
         # an answer that quotes the request must not put it in the log
@@ -2277,11 +2416,24 @@ class XResponse:
         return sanitize(text)[:300] or "HTTP %d" % self.status
 
 
-def default_opener(ca_file: Optional[str] = None) -> Callable[[Any, float], Any]:
+def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
+    """urllib with verification always on (--ca-file adds to the system's
+    CAs), no redirects (a 3xx would carry the signed request elsewhere and
+    its 200 would count as delivered), and no proxy for a loopback base
+    (an http proxy would see the Authorization header)."""
     import ssl
     import urllib.request
-    ctx = ssl.create_default_context(cafile=ca_file)       # verification always on
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx))
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None                             # the 3xx comes back as an HTTPError
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    handlers = [urllib.request.HTTPSHandler(context=ctx), NoRedirect()]
+    if loopback:
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
 
     def open_(req: Any, timeout: float) -> Any:
         return opener.open(req, timeout=timeout)
@@ -2297,7 +2449,7 @@ class XClient:
                  timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
         self.creds = creds
         self.api_base = check_api_base(api_base)
-        self.opener = opener or default_opener(ca_file)
+        self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
         self.clock, self.nonce, self.timeout = clock, nonce, timeout
 
     def __repr__(self) -> str:
@@ -2734,14 +2886,16 @@ class Deliverer:
 # bounded queue; each is reaped, and killed after its timeout.
 
 
-def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match]) -> List[str]:
-    """Expand each argument on its own: a log line stays one argument, and
-    a value from the log at the start of an argument that begins with '-'
-    gets a leading space, so it is never read as an option."""
+def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match],
+               raw: bool = False) -> List[str]:
+    """Expand each argument on its own: a log line stays one argument,
+    without control characters and escape sequences unless raw (tab is
+    kept), and an argument whose '-' does not come from the config ('$1',
+    "''$1", '""$1': issue 10) gets a leading space: never an option."""
     argv = []
     for i, t in enumerate(templates):
-        value = t.expand(line, match).replace("\0", "")
-        if i > 0 and t.parts and t.parts[0][0] and value.startswith("-"):
+        value = t.expand(line, match, str if raw else strip_controls).replace("\0", "")
+        if i > 0 and value.startswith("-") and not t.head().startswith("-"):
             value = " " + value
         argv.append(value)
     return argv
@@ -2776,6 +2930,7 @@ class ActionRunner:
         self.failures = 0
         self.enqueued = 0
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
+        self.child_env = child_env(os.environ)
 
     # -- the actions -----------------------------------------------------
     def run(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
@@ -2789,7 +2944,7 @@ class ActionRunner:
         elif kind == "bell":
             self.write_out("\a" * action.count)
         elif kind == "exec":
-            self.spawn(build_argv(action.argv, line, match), None, "exec")
+            self.spawn(build_argv(action.argv, line, match, action.raw), None, "exec")
         elif kind == "pipe":
             self.pipe(action, line, match, message)
         elif kind == "mail":
@@ -2830,7 +2985,7 @@ class ActionRunner:
 
     def pipe(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
         argv = build_argv(action.argv, line, match)
-        data = (sanitize(message) + "\n").encode("utf-8")
+        data = ((message if action.raw else sanitize(message)) + "\n").encode("utf-8", "surrogateescape")
         if not action.keep_open or self.dry_run:
             self.spawn(argv, data, "pipe")
             return
@@ -2839,7 +2994,7 @@ class ActionRunner:
         if proc is None or proc.poll() is not None:
             try:
                 proc = self.popen(argv, stdin=subprocess.PIPE, stdout=self._child_out(),
-                                  stderr=self._child_out(), close_fds=True)
+                                  stderr=self._child_out(), close_fds=True, env=self.child_env)
             except OSError as exc:
                 self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
                 return
@@ -2898,7 +3053,8 @@ class ActionRunner:
     def _start(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
         try:
             proc = self.popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                              stdout=self._child_out(), stderr=self._child_out(), close_fds=True)
+                              stdout=self._child_out(), stderr=self._child_out(), close_fds=True,
+                              env=self.child_env)
         except OSError as exc:
             self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
             return
@@ -2945,6 +3101,14 @@ class ActionRunner:
             except (OSError, subprocess.TimeoutExpired):
                 proc.kill()
         self.pipes.clear()
+
+
+def child_env(env: Any) -> Dict[str, str]:
+    """What a child sees: the locale, time zone and user, and a fixed PATH;
+    never $CREDENTIALS_DIRECTORY, proxies or anything else of ours."""
+    kept = {k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}
+    kept["PATH"] = CHILD_PATH
+    return kept
 
 
 def feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
@@ -2995,13 +3159,38 @@ class Sentinel:
         # general check (several literals, or casefolded), or neither
         self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
                       for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
-        # all rules' counters share a table: each entry expires with its rule's window
-        self.windows = {r.ident: float(max(r.threshold.seconds if r.threshold else 0,
-                                           r.throttle.delay if r.throttle else 0))
-                        for r in config.rules}
+        self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
+        with self.lock:                             # counters of rules that are gone go too
+            for kind in ("thresholds", "throttles"):
+                tables = self.state[kind]
+                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in
+                              {r.ident for r in config.rules}]:
+                    del tables[ident]
 
-    def window_of(self, key: str) -> float:
-        return self.windows.get(key.split("\0", 1)[0], 0.0)
+    def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
+        """The rule's counters of `kind`, swept; None when `key` is new and
+        the table is full: new keys go untracked, and the rule's actions
+        say so once an hour (an attacker can make us louder, not quieter)."""
+        tables = self.state[kind]
+        table = tables.get(rule.ident)
+        if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
+            table = tables[rule.ident] = collections.OrderedDict(
+                (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
+        if kind == "thresholds":
+            sweep(table, lambda rec: threshold_expired(rec, now, rule.threshold))
+        else:
+            sweep(table, lambda rec: throttle_expired(rec, now, rule.throttle))
+        if key in table or len(table) < MAX_TABLE:
+            return table
+        if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
+            self.suspended[rule.ident] = now
+            notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
+                      "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
+            LOG.warning("%s", notice)
+            for action in rule.actions:
+                if action.kind != "quit":
+                    self.runner.run(action, notice, None, notice)
+        return None
 
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline."""
@@ -3021,8 +3210,16 @@ class Sentinel:
                     break
         self.runner.flush()
 
+    def is_own_line(self, line: str) -> bool:
+        """Our own syslog line, by its header's tag: a user name in a log
+        line can hold 'birdsentinel[PID]:' too (issue 10)."""
+        if self.self_tag is None or self.self_tag not in line:
+            return False
+        m = SYSLOG_TAG_RE.match(line)
+        return m is not None and m.group(1) == self.self_tag
+
     def process_line(self, line: str) -> None:
-        if self.self_tag is not None and self.self_tag in line:
+        if self.is_own_line(line):
             return
         folded: Optional[str] = None
         for rule, single, check in self.steps:
@@ -3066,17 +3263,19 @@ class Sentinel:
         suffix = ""
         with self.lock:
             if rule.threshold is not None:
-                key = rule.ident + "\0" + rule.threshold.track_by.expand(line, m)
-                table = self.state["thresholds"]
+                key = bounded_key(rule.threshold.track_by.expand(line, m))
+                table = self.table("thresholds", rule, key, now)
+                if table is None:
+                    return False, ""
                 fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-                prune_table(table, now, window=self.window_of)
                 if not fire:
                     return False, ""
             if rule.throttle is not None:
-                key = rule.ident + "\0" + throttle_key(rule.throttle, line, m)
-                table = self.state["throttles"]
+                key = bounded_key(throttle_key(rule.throttle, line, m))
+                table = self.table("throttles", rule, key, now)
+                if table is None:
+                    return False, ""
                 fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-                prune_table(table, now, window=self.window_of)
                 if not fire:
                     return False, ""
         return True, suffix
@@ -3234,6 +3433,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
             handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
             syslog = True
         elif started and daemon and log_file:
+            os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
             handler = loghandlers.WatchedFileHandler(log_file)
             handler.setFormatter(logging.Formatter(file_format))
         else:
@@ -3285,6 +3485,8 @@ def daemonize() -> int:
 
 def write_pid_file(path: str) -> None:
     try:
+        if os.path.lexists(path):
+            check_ours(os.lstat(path), path, private=False)
         atomic_write(path, b"%d\n" % os.getpid(), 0o644)
     except OSError as exc:
         raise StateError("cannot write pid file %s: %s" % (path, exc.strerror)) from None
@@ -3330,6 +3532,14 @@ class App:
             return
         ensure_dir(os.path.dirname(self.state_path) or ".")
         ensure_dir(self.script_dir)
+        ours = [self.state_path, self.state_path + ".lock"]
+        if need_outbox:
+            ours += [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)]
+        for directory in {os.path.dirname(self.state_path), self.script_dir}:
+            check_dir_ours(directory)
+        for path in ours:                           # all refusals before anything is written
+            if os.path.lexists(path):
+                check_ours(os.lstat(path), path, private=not path.endswith(".lock"))
         self.lock_fd = acquire_lock(self.state_path)
         for directory in {os.path.dirname(self.state_path), self.script_dir}:
             remove_stale_temp_files(directory)      # left by a kill during a write
@@ -3347,7 +3557,15 @@ class App:
             LOG.error("%s; alerts for X wait in the outbox until this is fixed (then SIGHUP)", exc)
             return None
 
+    def forget_other_users(self, config: Config) -> None:
+        """Cached user ids only for the handles the config names now."""
+        wanted = {to.lower() if to else "@me" for to in dm_recipients(config)}
+        with self.state_lock:
+            for key in [k for k in self.state["users"] if k not in wanted]:
+                del self.state["users"][key]
+
     def start_sender(self, config: Config) -> None:
+        self.forget_other_users(config)
         if self.outbox is None:
             return
         self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock, config.budget)
@@ -3405,6 +3623,7 @@ class App:
             return
         runner.close()
         sentinel.set_config(config)
+        self.forget_other_users(config)
         if self.deliverer is not None:
             self.deliverer.budget = config.budget
             client = self.make_client()           # new tokens after --authorize
@@ -3657,6 +3876,8 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
         to_id = str(user["id"])
     for part in parts:
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
+        if kind == "dm" and resp.status == 403:
+            LOG.error("%s", dm_hint(to or "the account", "the sending account"))
         code = report_failure(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
         if code:
             return code
@@ -3782,11 +4003,6 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
                     read_secret(path, checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-                    continue
-                owner = os.stat(path).st_uid
-                if checked and owner not in (0, os.geteuid()):
-                    problems.append("credential file %s belongs to uid %d, who could replace it: "
-                                    "chown root:monitor %s" % (path, owner, path))
     return problems
 
 
@@ -3819,8 +4035,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
             out.write("WARNING: this token cannot send direct messages (access level %s): set the app's "
                       "permissions to 'Read, write, and Direct Messages', then run --authorize again\n"
                       % sanitize(level))
-        for to in sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm"
-                          for r in (a.recipients or ("",))}):
+        for to in dm_recipients(config):
             problem = check_recipient(client, to, sender)
             if problem:
                 problems.append(problem)
@@ -3830,6 +4045,12 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     if not problems:
         out.write("ok\n")
     return EX_CONFIG if problems else EX_OK
+
+
+def dm_recipients(config: Config) -> List[str]:
+    """Every `dm` recipient of the config ('' is the account itself)."""
+    return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm"
+                   for r in (a.recipients or ("",))})
 
 
 def check_recipient(client: XClient, to: str, sender: str) -> str:

@@ -22,7 +22,14 @@ prints ``READY http://127.0.0.1:PORT`` and then one JSON line per accepted
 DM (``{"event":"dm","t":..,"to":..,"text":..}``) or post
 (``{"event":"post","t":..,"id":..,"text":..}``) until SIGTERM/SIGINT.
 
-Needs ``oauthlib`` (test dependency only; birdsentinel itself is stdlib-only).
+Answers that test birdsentinel's defensive side: ``fx.inject(status=402,
+body=NO_CREDITS_BODY)`` (an account without credits), ``fx.user_id_override``
+(user lookups answer an id that breaks the rules), ``fx.dm_refusers`` (who
+refuses DMs; also what ``user.fields=receives_your_dm`` reports), and
+``fx.connections`` (TCP connections accepted, to prove a dry run made none).
+
+Needs ``oauthlib`` and ``twitter-text-parser`` (module ``twitter_text``, the
+post-length oracle); test dependencies only, birdsentinel itself is stdlib-only.
 """
 
 import argparse
@@ -40,6 +47,7 @@ import unicodedata
 from http import HTTPStatus
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
+import twitter_text
 from oauthlib.common import generate_token, urlencode
 from oauthlib.oauth1 import (
     AccessTokenEndpoint,
@@ -48,7 +56,8 @@ from oauthlib.oauth1 import (
     ResourceEndpoint,
 )
 
-__all__ = ["FakeX", "write_creds", "weighted_length", "extract_urls", "UNAUTHORIZED_BODY"]
+__all__ = ["FakeX", "write_creds", "weighted_length", "extract_urls", "oracle_length",
+           "UNAUTHORIZED_BODY", "NO_CREDITS_BODY", "TOO_LONG_DETAIL", "DM_REFUSED_DETAIL"]
 
 UNAUTHORIZED_BODY = {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
 TOO_LONG_DETAIL = ("Your Tweet text is too long. For more information on how Twitter determines "
@@ -56,6 +65,9 @@ TOO_LONG_DETAIL = ("Your Tweet text is too long. For more information on how Twi
 DUPLICATE_BODY = {"detail": "You are not allowed to create a Tweet with duplicate content.",
                   "type": "about:blank", "title": "Forbidden", "status": 403}
 DM_REFUSED_DETAIL = "You cannot send messages to this user."
+# What X answers (402) when the developer account has no credits left for pay-per-use.
+NO_CREDITS_BODY = {"title": "Payment Required", "type": "about:blank", "status": 402,
+                   "detail": "Your enrolled account [123] does not have any credits to fulfill this request."}
 PROBLEMS = "https://api.x.com/2/problems/"
 DM_MAX_CHARS = 10000
 TWEET_MAX_WEIGHT = 280
@@ -328,6 +340,16 @@ def weighted_length(text):
     return total
 
 
+def oracle_length(text):
+    """(weightedLength, valid) from twitter-text-parser, the independent port of twitter-text
+    that POST /2/tweets checks against (next to weighted_length above)."""
+    try:
+        res = twitter_text.parse_tweet(text)
+    except Exception:  # e.g. lone surrogates: not a text X would accept
+        return None, False
+    return res.weightedLength, bool(res.valid)
+
+
 # ---------------------------------------------------------------------------
 # OAuth 1.0a: oauthlib server side
 # ---------------------------------------------------------------------------
@@ -570,6 +592,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         with self.server.fakex._lock:
             self.server.fakex._conns.add(self.connection)
+            self.server.fakex.connections += 1
 
     def finish(self):
         try:
@@ -756,10 +779,15 @@ class FakeX:
     """A fake X API on 127.0.0.1 that checks OAuth 1.0a like the real one.
 
     Attributes tests read: ``requests``, ``dms``, ``tweets`` (lists of dicts,
-    append-only), ``issued_tokens`` (pairs minted by the PIN flow).
-    Attributes tests may set: ``rate_headers``, ``dm_refusers``, ``users``,
-    ``access_level``, ``pin``, ``rate_limits``, ``timestamp_lifetime``,
-    ``on_event`` (callable(dict) for each accepted DM/post).
+    append-only), ``issued_tokens`` (pairs minted by the PIN flow),
+    ``connections`` (TCP connections accepted so far).
+    Attributes tests may set: ``rate_headers``, ``dm_refusers`` (user ids or
+    handles: their DMs get 403, and ``user.fields=receives_your_dm`` says
+    false for them), ``users``, ``access_level``, ``pin``, ``rate_limits``,
+    ``timestamp_lifetime``, ``on_event`` (callable(dict) for each accepted
+    DM/post), ``user_id_override`` (any JSON value: every user object a
+    lookup answers carries it as its "id", e.g. "string", as a broken or
+    hostile server would).
     """
 
     def __init__(self, consumer_key="ck-test", consumer_secret="cs-test-SECRET", access_token="1-at-test",
@@ -780,11 +808,14 @@ class FakeX:
         self.issued_tokens = []
         self.rate_headers = {}
         self.dm_refusers = set()
+        self.user_id_override = None
+        self.connections = 0
         self.on_event = None
         self.timestamp_lifetime = 600  # seconds of allowed clock skew, checked against real time
         # Defaults for x-rate-limit-* (per token and endpoint, 15-minute windows).
         # Deliberately generous so "remaining" never reaches 0 in a test by accident.
-        self.rate_limits = {"users_me": 75, "users_by": 900, "dm": 1440, "tweets": 10000, "other": 900}
+        self.rate_limits = {"users_me": 75, "users_by": 900, "users_id": 900, "dm": 1440, "tweets": 10000,
+                            "other": 900}
         self._lock = threading.RLock()
         self._clients = {consumer_key: consumer_secret}
         self._access_tokens = {access_token: (consumer_key, access_token_secret)}
@@ -858,6 +889,11 @@ class FakeX:
                                  "count": int(count), "delay": float(delay), "drop": bool(drop),
                                  "hang": bool(hang), "path_prefix": path_prefix})
 
+    def clear_faults(self):
+        """Forget every fault still queued by inject()."""
+        with self._lock:
+            self._faults.clear()
+
     def revoke(self, access_token):
         with self._lock:
             self._access_tokens.pop(access_token, None)
@@ -924,6 +960,8 @@ class FakeX:
             return "users_me"
         if path.startswith("/2/users/by"):
             return "users_by"
+        if path.startswith("/2/users/"):
+            return "users_id"
         if path.startswith("/2/dm_conversations"):
             return "dm"
         if path == "/2/tweets":
@@ -960,6 +998,35 @@ class FakeX:
                     return {"id": str(uid), "name": uname, "username": uname}
         return None
 
+    def _lookup_id(self, uid):
+        if uid == self.me[0]:
+            return {"id": self.me[0], "name": self.me[1], "username": self.me[1]}
+        with self._lock:
+            for uname, u in self.users.items():
+                if str(u) == uid:
+                    return {"id": uid, "name": uname, "username": uname}
+        return None
+
+    def _refuses(self, uid):
+        """Whether the user with this id refuses our DMs (dm_refusers holds ids or handles)."""
+        with self._lock:
+            refusers = {str(x).lower().lstrip("@") for x in self.dm_refusers}
+            names = [n for n, u in self.users.items() if str(u) == uid]
+        if uid == self.me[0]:
+            names.append(self.me[1])
+        return uid.lower() in refusers or any(n.lower() in refusers for n in names)
+
+    def _user_out(self, user, rec):
+        """A user object as answered: user.fields=receives_your_dm adds that field, and
+        user_id_override replaces the id."""
+        out = dict(user)
+        fields = rec["query"].get("user.fields", "").split(",")
+        if "receives_your_dm" in fields:
+            out["receives_your_dm"] = not self._refuses(user["id"])
+        if self.user_id_override is not None:
+            out["id"] = self.user_id_override
+        return out
+
     @staticmethod
     def _json_body(raw, headers):
         """Parse an X v2 JSON body; returns (obj, error_payload)."""
@@ -987,7 +1054,7 @@ class FakeX:
         if path == "/2/users/me":
             if method != "GET":
                 return 405, _problem(405), {}
-            return 200, {"data": {"id": self.me[0], "name": self.me[1], "username": self.me[1]}}, {}
+            return 200, {"data": self._user_out(self._lookup_id(self.me[0]), rec)}, {}
 
         if parts[:4] == ["2", "users", "by", "username"] and len(parts) == 5:
             if method != "GET":
@@ -999,7 +1066,7 @@ class FakeX:
                     "username", name), {}
             user = self._lookup(name)
             if user:
-                return 200, {"data": user}, {}
+                return 200, {"data": self._user_out(user, rec)}, {}
             return 200, {"errors": [self._not_found(name)]}, {}
 
         if parts == ["2", "users", "by"]:
@@ -1013,7 +1080,7 @@ class FakeX:
             for n in names:
                 user = self._lookup(n)
                 if user:
-                    data.append(user)
+                    data.append(self._user_out(user, rec))
                 else:
                     errors.append(self._not_found(n))
             out = {}
@@ -1022,6 +1089,18 @@ class FakeX:
             if errors:
                 out["errors"] = errors
             return 200, out, {}
+
+        if parts[:2] == ["2", "users"] and len(parts) == 3:    # GET /2/users/:id
+            if method != "GET":
+                return 405, _problem(405), {}
+            uid = parts[2]
+            if not ID_RE.match(uid):
+                return 400, _invalid_request("The `id` query parameter value [%s] does not match ^[0-9]{1,19}$"
+                                             % uid, "id", uid), {}
+            user = self._lookup_id(uid)
+            if user:
+                return 200, {"data": self._user_out(user, rec)}, {}
+            return 200, {"errors": [self._not_found(uid, "id")]}, {}
 
         if parts[:2] == ["2", "dm_conversations"] and len(parts) in (4, 5) and parts[-1] == "messages":
             if method != "POST":
@@ -1054,7 +1133,7 @@ class FakeX:
             if len(text) > DM_MAX_CHARS:
                 return 400, _invalid_request("$.text: length must be at most %d characters" % DM_MAX_CHARS,
                                              "text", "%d characters" % len(text)), {}
-            if to in {str(x) for x in self.dm_refusers}:
+            if self._refuses(to):
                 return 403, _problem(403, DM_REFUSED_DETAIL), {}
             with self._lock:
                 event_id = str(self._next_event_id)
@@ -1076,7 +1155,9 @@ class FakeX:
             text = obj.get("text", "")
             if not isinstance(text, str) or not text:
                 return 400, _invalid_request("$.text: must be a non-empty string", "text", repr(text)), {}
-            if weighted_length(text) > TWEET_MAX_WEIGHT:
+            weight, valid = oracle_length(text)
+            rec["weights"] = {"twitter_text": weight, "fakex": weighted_length(text)}
+            if not valid or weight > TWEET_MAX_WEIGHT or rec["weights"]["fakex"] > TWEET_MAX_WEIGHT:
                 return 400, _problem(400, TOO_LONG_DETAIL), {}
             key = unicodedata.normalize("NFC", text)
             with self._lock:
@@ -1093,10 +1174,10 @@ class FakeX:
         return 404, _problem(404), {}
 
     @staticmethod
-    def _not_found(name):
-        return {"value": name, "detail": "Could not find user with username: [%s]." % name,
-                "title": "Not Found Error", "resource_type": "user", "parameter": "username",
-                "resource_id": name, "type": PROBLEMS + "resource-not-found"}
+    def _not_found(value, parameter="username"):
+        return {"value": value, "detail": "Could not find user with %s: [%s]." % (parameter, value),
+                "title": "Not Found Error", "resource_type": "user", "parameter": parameter,
+                "resource_id": value, "type": PROBLEMS + "resource-not-found"}
 
 
 # ---------------------------------------------------------------------------

@@ -692,6 +692,7 @@ def test_corrupt_state_file_reported_and_run_continues(script, tmp_path):
     sd.mkdir()
     state = sd / "birdsentinel.state"
     state.write_bytes(b'{"version": 1, "files": {"/x": tru')
+    state.chmod(0o600)
     log.write_text("alert old line\n")
     r = once(script, tmp_path, cfg, log, sd)
     assert r.returncode == 0, r.stderr

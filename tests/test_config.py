@@ -646,14 +646,16 @@ def classic(tmp_path):
 @pytest.mark.parametrize("payload", HOSTILE)
 def test_hostile_line_is_one_argument(classic, payload):
     line = "bird_alert " + payload
-    assert argv_for(classic, line) == ["/etc/sevagas/monitor/twitter/the_bird_sentinel.pl", line]
+    clean = line.replace("\n", "")                  # control characters never reach a child
+    assert argv_for(classic, line) == ["/etc/sevagas/monitor/twitter/the_bird_sentinel.pl", clean]
 
 
 @pytest.mark.parametrize("payload", HOSTILE)
 def test_hostile_capture_is_one_argument(tmp_path, payload):
     cfg = load(tmp_path, "watchfor /user=(?<u>.*) end/s\n  exec /bin/ban $1 ${u} --user=$1 x$1\n")
     line = "user=%s end" % payload
-    assert argv_for(cfg, line) == ["/bin/ban", payload, payload, "--user=" + payload, "x" + payload]
+    p = payload.replace("\n", "")
+    assert argv_for(cfg, line) == ["/bin/ban", p, p, "--user=" + p, "x" + p]
 
 
 @pytest.mark.parametrize("line", ["-rf / bird_alert", "--help bird_alert", "-bird_alert", "--bird_alert"])

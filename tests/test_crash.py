@@ -566,6 +566,7 @@ def test_outbox_torn_last_record_at_every_byte(tmp_path):
             path = str(tmp_path / "cut.outbox")
             with open(path, "wb") as fh:
                 fh.write(journal + rec[:cut])
+            os.chmod(path, 0o600)                # birdsentinel refuses an outbox others can read
             loaded = bs.Outbox(path, dead, fsync=False)
             loaded.load()
             if cut >= len(rec) - 1:          # the record is whole (its newline is optional)

@@ -422,9 +422,11 @@ def test_ten_megabyte_hostile_line_goes_through_the_line_path():
 
 RECORDER = r"""
 import json, os, sys, uuid
-out = os.environ["REC_OUT"]
+here = os.path.dirname(os.path.abspath(__file__))      # children get a scrubbed environment
+out = os.path.join(here, "rec")
 with open(os.path.join(out, uuid.uuid4().hex + ".json"), "w") as fh:
-    json.dump({"argv": sys.argv[1:], "stdin": sys.stdin.read() if os.environ.get("REC_STDIN") else None}, fh)
+    stdin = sys.stdin.read() if os.path.exists(os.path.join(here, "REC_STDIN")) else None
+    json.dump({"argv": sys.argv[1:], "stdin": stdin}, fh)
 """
 
 
@@ -441,7 +443,7 @@ def payloads(canary):
 
 
 def expected_arg(line):
-    v = line.replace("\x00", "")
+    v = bs.strip_controls(line)                        # no control byte or escape reaches a child
     return " " + v if v.startswith("-") else v
 
 
@@ -475,7 +477,7 @@ def test_exec_gets_each_hostile_line_as_one_literal_argument(tmp_path, recorder,
     log.write_bytes(raw)
     conf = tmp_path / "exec.conf"
     conf.write_text("watchfor /[\\s\\S]/\n  exec %s %s $_\n" % (shlex.quote(sys.executable), shlex.quote(rec)))
-    env = dict(os.environ, REC_OUT=out_dir)
+    env = dict(os.environ)
     work = tmp_path / "cwd"
     work.mkdir()
     r = subprocess.run([sys.executable, script, "-c", str(conf), "--examine", str(log)], cwd=str(work), env=env,
@@ -509,7 +511,8 @@ def test_exec_argument_templates_and_pipe_message_with_newline(tmp_path, recorde
              "user= msg=a\rb"]
     log = tmp_path / "h.log"
     log.write_bytes(b"".join(x.encode() + b"\n" for x in lines))
-    env = dict(os.environ, REC_OUT=out_dir, REC_STDIN="1")
+    env = dict(os.environ)
+    open(os.path.join(os.path.dirname(rec), "REC_STDIN"), "w").close()
     r = subprocess.run([sys.executable, script, "-c", str(conf), "--examine", str(log)], cwd=str(tmp_path),
                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     record_secret_scan_text("exec template stdout", r.stdout)
@@ -520,7 +523,7 @@ def test_exec_argument_templates_and_pipe_message_with_newline(tmp_path, recorde
     pipes = sorted(x["stdin"] for x in recs if x["stdin"])
     assert execs == sorted([["--user=-x", " -rf $(touch %s)" % canary, "x-xy"],
                             ["--user=a;b", "`touch %s` | tee X" % canary, "xa;by"],
-                            ["--user=", "a\rb", "xy"]])
+                            ["--user=", "ab", "xy"]])
     assert len(pipes) == 3
     for p in pipes:                          # one line each: a config newline or a CR cannot add lines
         assert p.endswith("\n") and p.count("\n") == 1 and "\r" not in p, repr(p)
@@ -540,6 +543,6 @@ def test_build_argv_keeps_any_line_as_one_argument(line):
     count("build_argv")
     templates = bs.parse_command("/usr/bin/prog --flag $_ pre$_post", "p.conf", 1, "exec")
     argv = bs.build_argv(templates, line, None)
-    clean = line.replace("\x00", "")
+    clean = bs.strip_controls(line.replace("\x00", ""))
     assert argv == ["/usr/bin/prog", "--flag", " " + clean if clean.startswith("-") else clean,
                     "pre" + clean + "post"]

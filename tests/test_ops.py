@@ -448,13 +448,21 @@ def test_pid_file_naming_unrelated_process_is_not_killed(prefix: Prefix, sleeper
 
 
 def test_stop_escalates_to_sigkill_after_timeout(prefix: Prefix) -> None:
-    """A birdsentinel that ignores SIGTERM is killed after STOP_TIMEOUT, not waited on forever."""
+    """A birdsentinel that ignores SIGTERM is killed after STOP_TIMEOUT, not waited on forever.
+
+    The stub holds the state lock as birdsentinel does (the init script
+    recognises the daemon by that lock, not by its name)."""
     stub = prefix.root / "birdsentinel-stub.py"
-    stub.write_text("import signal, sys, time\n"
+    stub.write_text("import fcntl, os, signal, sys, time\n"
                     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+                    "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                    "os.ftruncate(fd, 0)\n"
+                    "os.pwrite(fd, b'%d\\n' % os.getpid(), 0)\n"
                     "print('ready', flush=True)\n"
                     "time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, str(stub)], stdout=subprocess.PIPE, text=True)
+    lock = prefix.scriptdir / "birdsentinel.state.lock"
+    proc = subprocess.Popen([sys.executable, str(stub), str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
         prefix.pidfile.write_text(f"{proc.pid}\n")

@@ -714,6 +714,7 @@ def test_state_save_crash_before_rename_keeps_old_file(tmp_path, monkeypatch, lo
 def test_corrupt_state_reported_by_path_and_kept_aside(tmp_path, logs, content):
     path = str(tmp_path / "birdsentinel.state")
     write(path, content)
+    os.chmod(path, 0o600)                   # a state file others can read is refused (test_security)
     state, found = StateStore(path).load()
     assert found is False
     assert state == bs.new_state()

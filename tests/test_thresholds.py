@@ -1,6 +1,7 @@
 """swatch 3.2.4's threshold and throttle semantics (shared/docs/swatch-notes.md
 section 5), as pure functions and end to end through Sentinel with a fake clock."""
 
+import collections
 import io
 import json
 import threading
@@ -9,7 +10,7 @@ import pytest
 
 import birdsentinel as bs
 from birdsentinel import (ActionRunner, Sentinel, Threshold, Throttle, Template, parse_config,
-                          prune_table, threshold_fires, throttle_fires, throttle_key)
+                          threshold_fires, throttle_fires, throttle_key)
 
 NO_KEY = Template.parse("")
 
@@ -169,32 +170,38 @@ def test_throttle_key_template_and_literal(tmp_path):
     assert throttle_key(th2, "other b", cfg.rules[1].pattern.match("other b")) == "fixed"
 
 
-# -- prune_table --------------------------------------------------------------------
+# -- sweep, expiry, bounded keys -----------------------------------------------------
 
-def test_prune_table_leaves_small_tables_alone():
-    table = {"k%d" % i: [i, 1] for i in range(10)}
-    prune_table(table, horizon=1e9, max_entries=10)
-    assert len(table) == 10
-
-
-def test_prune_table_drops_expired_first():
-    table = {"old%d" % i: [i, 1] for i in range(50)}
-    table.update({"new%d" % i: [1000 + i, 1] for i in range(30)})
-    prune_table(table, horizon=500, max_entries=40)
-    assert sorted(table) == sorted("new%d" % i for i in range(30))
+def test_sweep_drops_expired_and_rotates_live_entries():
+    table = collections.OrderedDict([("old", [0, 1]), ("live", [1000, 1]), ("old2", [1, 1])])
+    bs.sweep(table, lambda rec: rec[0] < 500, steps=2)
+    assert list(table) == ["old2", "live"]               # old dropped, live moved to the end
+    bs.sweep(table, lambda rec: rec[0] < 500, steps=2)
+    assert list(table) == ["live"]
 
 
-def test_prune_table_bounds_even_when_nothing_expired():
-    table = {"k%d" % i: [1000 + i, 1] for i in range(100)}
-    prune_table(table, horizon=0, max_entries=40)
-    assert len(table) == 40
-    assert set(table) == {"k%d" % i for i in range(60, 100)}          # newest kept
+def test_sweep_never_drops_a_live_entry():
+    table = collections.OrderedDict(("k%d" % i, [1000 + i, 1]) for i in range(100))
+    for _ in range(500):
+        bs.sweep(table, lambda rec: False)
+    assert len(table) == 100
 
 
-def test_prune_table_default_bound():
-    table = {"k%d" % i: [i, 1] for i in range(bs.MAX_TABLE + 500)}
-    prune_table(table, horizon=0)
-    assert len(table) <= bs.MAX_TABLE
+def test_expiry_rules():
+    th = Threshold("threshold", 5, 60, Template.parse("$1"))
+    assert bs.threshold_expired([0, 3], 60, th) and not bs.threshold_expired([0, 3], 59, th)
+    assert bs.threshold_expired([100, 3], 50, th)                   # the clock went back
+    plain = Throttle(60.0, None, 0)
+    assert not bs.throttle_expired([0, 1], 60 + 86400, plain) and bs.throttle_expired([0, 1], 61 + 86400, plain)
+    counting = Throttle(60.0, None, 3)
+    assert not bs.throttle_expired([0, 2], 10 ** 6, counting)       # its count still decides
+    assert bs.throttle_expired([0, 0], 61, counting)
+
+
+def test_bounded_key():
+    assert bs.bounded_key("x" * bs.MAX_KEY) == "x" * bs.MAX_KEY
+    long_a, long_b = bs.bounded_key("y" * 70000 + "a"), bs.bounded_key("y" * 70000 + "b")
+    assert len(long_a) == len(long_b) == bs.MAX_KEY and long_a != long_b
 
 
 # -- end to end through Sentinel ------------------------------------------------------
@@ -360,8 +367,8 @@ def test_pruning_keeps_open_windows_of_other_rules(tmp_path):
     rig.clock.t += 10
     rig.feed(*["scan from %d" % i for i in range(bs.MAX_TABLE - 1)])
     rig.clock.t += 60                                           # every scan bucket has expired
-    rig.feed("scan from %d" % bs.MAX_TABLE)                     # the table overflows: prune
-    assert len(rig.state["thresholds"]) <= bs.MAX_TABLE
+    rig.feed("scan from %d" % bs.MAX_TABLE)
+    assert sum(len(t) for t in rig.state["thresholds"].values()) <= bs.MAX_TABLE + 1
     rig.clock.t += 60
     rig.feed("breach detected")                                 # 130 s into a 3600 s window
     assert rig.lines() == ["breach detected"]
@@ -370,7 +377,8 @@ def test_pruning_keeps_open_windows_of_other_rules(tmp_path):
 def test_threshold_table_stays_bounded(tmp_path):
     rig = Rig(tmp_path, "watchfor /scan from (\\d+)/\n  threshold track_by=$1,type=limit,count=1,seconds=5\n")
     rig.feed(*["scan from %d" % i for i in range(bs.MAX_TABLE + 200)], step=0.01)
-    assert len(rig.state["thresholds"]) <= bs.MAX_TABLE
+    (table,) = rig.state["thresholds"].values()
+    assert len(table) < bs.MAX_TABLE // 10          # expired keys are swept as new ones come
 
 
 def test_quit_stops_processing(tmp_path):
