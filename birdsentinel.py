@@ -107,6 +107,7 @@ import collections
 import ctypes
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -409,12 +410,7 @@ class Template:
 
     def head(self) -> str:
         """The literal text before the first variable."""
-        text = []
-        for is_var, part in self.parts:
-            if is_var:
-                break
-            text.append(part)
-        return "".join(text)
+        return "".join(part for _, part in itertools.takewhile(lambda p: not p[0], self.parts))
 
     def expand(self, line: str, match: Optional[re.Match], clean: Callable[[str], str] = str) -> str:
         """The text with each variable's value, passed through clean."""
@@ -655,137 +651,62 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
 # -- finding candidate lines fast -------------------------------------------
 # Most lines match no rule.  Rather than run every rule on every line, a
 # block of lines is searched once per rule for a literal that any match of
-# that rule must contain (str.find runs at memory speed), or, for rules
-# without one, with one combined regex; only the lines found are matched
-# against the rules, in order.
+# that rule must contain (str.find runs at memory speed; the literals come
+# from the regex's parse tree, inside groups too), or, for rules without
+# one, with one combined regex; only the lines found are matched against
+# the rules, in order.
 
-def top_level_branches(src: str) -> List[str]:
-    """src split at its top-level '|' (outside groups and classes)."""
-    branches, depth, i, start, n = [], 0, 0, 0, len(src)
-    while i < n:
-        c = src[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            i = _skip_class(src, i)
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            branches.append(src[start:i])
-            start = i + 1
-        i += 1
-    return branches + [src[start:]]
+def regex_parser() -> Any:
+    """The standard library's regex parser: re._parser from Python 3.11 on,
+    sre_parse before.  Read only, for the literals below."""
+    try:
+        import re._parser as parser                 # type: ignore[import]
+    except ImportError:                             # Python 3.9, 3.10
+        import sre_parse as parser                  # type: ignore[import,no-redef]
+    return parser
 
 
 def required_literals(src: str, min_len: int = 3) -> List[str]:
-    """Literals of which every match of `src` contains at least one
-    (one per top-level branch), or [] when some branch has none."""
-    lits = [required_literal(b) for b in top_level_branches(src)]
-    return lits if all(len(x) >= min_len for x in lits) else []
+    """Literals of which every match of the regex `src` contains at least
+    one, read from its parse tree, or [] when none is min_len long.  A
+    pattern the parser cannot read is still matched, only without them."""
+    p = regex_parser()
+    try:
+        best = _literal_set(p, p.parse(src))
+    except Exception:                               # e.g. a parser of another version
+        return []
+    return list(best) if best and min(map(len, best)) >= min_len else []
 
 
-def required_literal(src: str) -> str:
-    """The longest run of plain characters that every match of the regex
-    `src` (without top-level '|') contains, or ""."""
-    n = len(src)
-    best, run = "", ""
-    i = 0
-    while i < n:
-        c = src[i]
-        lit = None
-        if c == "\\":
-            nxt = src[i + 1:i + 2]
-            if nxt and not nxt.isalnum():
-                lit, step = nxt, 2
-            else:
-                best, run = max(best, run, key=len), ""
-                i += 2
-                continue
-        elif c == "[":
-            best, run = max(best, run, key=len), ""
-            i = _skip_quantifier(src, _skip_class(src, i))
+def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
+    """The best choice in a sequence (the set whose shortest member is
+    longest): each run of plain characters, and each group, repeat (at
+    least once) or alternation (one set per branch) that gives a set."""
+    cands: List[Tuple[str, ...]] = []
+    run = ""
+    for op, av in seq:
+        if op is p.LITERAL:
+            run += chr(av)
             continue
-        elif c == "(":
-            best, run = max(best, run, key=len), ""
-            i = _skip_quantifier(src, _skip_group(src, i))
+        if run:
+            cands.append((run,))
+            run = ""
+        if op is p.BRANCH:
+            alts = [_literal_set(p, b) for b in av[1]]
+            if all(alts):
+                cands.append(tuple(dict.fromkeys(x for a in alts for x in a)))
             continue
-        elif c in ".^$":
-            best, run = max(best, run, key=len), ""
-            i = _skip_quantifier(src, i + 1)
+        if op is p.SUBPATTERN and not av[1] & re.IGNORECASE:       # (?i:...) is not case-sensitive
+            got = _literal_set(p, av[-1])
+        elif op in (p.MAX_REPEAT, p.MIN_REPEAT) and av[0] >= 1:
+            got = _literal_set(p, av[2])
+        else:                                       # classes, anchors, lookarounds, optional parts
             continue
-        elif c in "*+?{":                          # a quantifier of something skipped
-            best, run = max(best, run, key=len), ""
-            j = _skip_quantifier(src, i)
-            i = j if j > i else i + 1
-            continue
-        else:
-            lit, step = c, 1
-        j = i + step
-        q = src[j:j + 1]
-        if q in ("*", "?") or (q == "{" and re.match(r"\{0*(,\d*)?\}", src[j:])):
-            best, run = max(best, run, key=len), ""      # optional character
-            i = _skip_quantifier(src, j)
-            continue
-        if q in ("+", "{"):
-            best, run = max(best, run + lit, key=len), ""
-            i = _skip_quantifier(src, j)
-            continue
-        run += lit
-        i = j
-    return max(best, run, key=len)
-
-
-def _skip_class(src: str, i: int) -> int:
-    """Index after the character class starting at src[i] == '['."""
-    j = i + 1
-    if src[j:j + 1] == "^":
-        j += 1
-    if src[j:j + 1] == "]":
-        j += 1
-    while j < len(src) and src[j] != "]":
-        j += 2 if src[j] == "\\" else 1
-    return j + 1
-
-
-def _skip_group(src: str, i: int) -> int:
-    """Index after the group starting at src[i] == '('."""
-    depth, j = 0, i
-    while j < len(src):
-        c = src[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "[":
-            j = _skip_class(src, j)
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-        j += 1
-    return j
-
-
-def _skip_quantifier(src: str, j: int) -> int:
-    """Index after any quantifier (and its lazy/possessive mark) at src[j]."""
-    if src[j:j + 1] in ("*", "+", "?"):
-        j += 1
-    elif src[j:j + 1] == "{":
-        m = re.match(r"\{\d*(,\d*)?\}", src[j:])
-        if not m:
-            return j + 1
-        j += m.end()
-    else:
-        return j
-    if src[j:j + 1] in ("?", "+"):
-        j += 1
-    return j
+        if got:
+            cands.append(got)
+    if run:
+        cands.append((run,))
+    return max(cands, key=lambda c: (min(map(len, c)), -len(c)), default=())
 
 
 @dataclass(frozen=True)
@@ -1815,19 +1736,20 @@ class Outbox:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            if self.failing:
-                LOG.warning("outbox %s is writable again", self.path)
-                self.failing = None
+            self._wrote()
         except OSError as exc:
-            self._failed(exc)
+            self._wrote(exc)
 
-    def _failed(self, exc: OSError) -> None:
-        cause = exc.strerror or str(exc)
-        if cause != self.failing:
+    def _wrote(self, exc: Optional[OSError] = None) -> None:
+        """Say once when writing starts failing, and once when it works again."""
+        cause = (exc.strerror or str(exc)) if exc is not None else None
+        if cause and cause != self.failing:
             LOG.error("cannot write outbox %s: %s; messages are kept in memory and log offsets "
                       "are not saved until it works again", self.path, cause)
+        elif cause is None and self.failing:
+            LOG.warning("outbox %s is writable again", self.path)
         self.failing = cause
-        self.durable = False
+        self.durable = self.durable and cause is None
 
     def compact(self) -> None:
         with self.lock:
@@ -1835,13 +1757,10 @@ class Outbox:
                             for e in self.entries.values())
             try:
                 atomic_write(self.path, data)
-                self.durable = True
-                self.done_since_compact = 0
-                if self.failing:
-                    LOG.warning("outbox %s is writable again", self.path)
-                    self.failing = None
+                self.durable, self.done_since_compact = True, 0
+                self._wrote()
             except OSError as exc:
-                self._failed(exc)
+                self._wrote(exc)
 
     def add(self, kind: str, to: str, text: str, now: float,
             extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -2379,6 +2298,13 @@ def check_api_base(url: str) -> str:
 def api_base_of(opts: Any, env: Dict[str, str]) -> str:
     """--api-base, else $BIRDSENTINEL_API_BASE, else X's own; checked."""
     return check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
+
+
+def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
+                opener: Optional[Callable[..., Any]] = None) -> "XClient":
+    """The one place a client is made from the command line's options."""
+    return XClient(load_credentials(opts.twitter_dir, env, need_token), api_base_of(opts, env),
+                   opener=opener, ca_file=opts.ca_file)
 
 
 @dataclass
@@ -3176,10 +3102,9 @@ class Sentinel:
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
             table = tables[rule.ident] = collections.OrderedDict(
                 (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
-        if kind == "thresholds":
-            sweep(table, lambda rec: threshold_expired(rec, now, rule.threshold))
-        else:
-            sweep(table, lambda rec: throttle_expired(rec, now, rule.throttle))
+        limit = rule.threshold if kind == "thresholds" else rule.throttle
+        expired = threshold_expired if kind == "thresholds" else throttle_expired
+        sweep(table, lambda rec: expired(rec, now, limit))           # type: ignore[operator]
         if key in table or len(table) < MAX_TABLE:
             return table
         if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
@@ -3349,29 +3274,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if flag in UNSUPPORTED_FLAGS:
             raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
     p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
-    p.add_argument("-h", "--help", action="store_true")
-    p.add_argument("-V", "--version", action="store_true")
-    p.add_argument("-c", "--config-file")
+    for flags in (("-h", "--help"), ("-V", "--version"), ("--daemon",), ("--once",), ("--dry-run",),
+                  ("--check",), ("--online",), ("--authorize",), ("--tweet",)):
+        p.add_argument(*flags, action="store_true")
+    for flags in (("-c", "--config-file"), ("-f", "--examine"), ("-p", "--read-pipe"), ("--pid-file",),
+                  ("--script-dir",), ("--state-file",), ("--log-file",), ("--api-base",), ("--ca-file",),
+                  ("--send",), ("--to",)):
+        p.add_argument(*flags)
     p.add_argument("-t", "--tail-file", action="append", default=[])
-    p.add_argument("-f", "--examine")
-    p.add_argument("-p", "--read-pipe")
-    p.add_argument("--daemon", action="store_true")
-    p.add_argument("--pid-file")
-    p.add_argument("--script-dir")
-    p.add_argument("--once", action="store_true")
-    p.add_argument("--state-file")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--check", action="store_true")
-    p.add_argument("--online", action="store_true")
-    p.add_argument("--log-file")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
-    p.add_argument("--api-base")
-    p.add_argument("--ca-file")
-    p.add_argument("--authorize", action="store_true")
-    p.add_argument("--send")
-    p.add_argument("--to")
-    p.add_argument("--tweet", action="store_true")
     for flag in IGNORED_FLAGS:
         p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
     opts = p.parse_args(list(argv))
@@ -3551,8 +3463,7 @@ class App:
 
     def make_client(self) -> Optional[XClient]:
         try:
-            creds = load_credentials(self.opts.twitter_dir, self.env)
-            return XClient(creds, api_base_of(self.opts, self.env), ca_file=self.opts.ca_file)
+            return client_from(self.opts, self.env)
         except BirdError as exc:
             LOG.error("%s; alerts for X wait in the outbox until this is fixed (then SIGHUP)", exc)
             return None
@@ -3861,8 +3772,7 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
         label = "would post" if kind == "tweet" else "would dm " + describe_recipient(to, {})
         out.write("".join("%s: %s\n" % (label, p) for p in parts))
         return EX_OK
-    client = XClient(load_credentials(opts.twitter_dir, env), api_base_of(opts, env),
-                     opener=opener, ca_file=opts.ca_file)
+    client = client_from(opts, env, opener=opener)
     to_id = to
     if kind == "dm" and not USER_ID_RE.match(to):
         resp = client.user(to)
@@ -3903,9 +3813,8 @@ def report_failure(resp: XResponse, doing: str) -> int:
 def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any,
                   opener: Optional[Callable[..., Any]] = None) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
-    creds = load_credentials(opts.twitter_dir, env, need_token=False)
-    base = api_base_of(opts, env)
-    client = XClient(creds, base, opener=opener, ca_file=opts.ca_file)
+    client = client_from(opts, env, False, opener)
+    base = client.api_base
     resp = client.request_token()
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
@@ -3941,19 +3850,6 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
-def unsafe_mode(path: str, what: str, fix: str) -> Optional[str]:
-    """A problem line when others than the owner (and group) can change path."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
-        return "%s %s is writable by %s (mode %04o): %s" % (
-            what, path, "everyone" if st.st_mode & stat.S_IWOTH else "its group",
-            stat.S_IMODE(st.st_mode), fix)
-    return None
-
-
 def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional[Config]) -> List[str]:
     """What an admin must fix before the daemon can work, one line each:
     the classic layout's directories, owners and modes, and the logs."""
@@ -3962,24 +3858,23 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
     if not os.path.isdir(script_dir):
         problems.append("script dir %s does not exist: mkdir -m 0750 %s and chown it to the daemon user"
                         % (script_dir, script_dir))
-    elif os.stat(script_dir).st_uid not in (0, os.geteuid()):
-        problems.append("script dir %s belongs to uid %d, not to %s who runs the daemon: chown %s %s"
-                        % (script_dir, os.stat(script_dir).st_uid, current_user(), current_user(), script_dir))
     elif not os.access(script_dir, os.W_OK | os.X_OK):
         problems.append("script dir %s is not writable by %s: chown %s %s"
                         % (script_dir, current_user(), current_user(), script_dir))
     else:
-        p = unsafe_mode(script_dir, "script dir", "chmod 0750 %s" % script_dir)
-        if p:
-            problems.append(p)
+        try:
+            check_dir_ours(script_dir)              # what the daemon will refuse
+        except UnsafeFileError as exc:
+            problems.append(str(exc))
     if opts.pid_file and not os.access(os.path.dirname(os.path.abspath(opts.pid_file)), os.W_OK):
         problems.append("pid file %s cannot be written by %s: use a directory the daemon user owns"
                         % (opts.pid_file, current_user()))
     for path in (config.files if config is not None else ()):
-        # whoever can edit the rules can make exec run any program
-        p = unsafe_mode(path, "config file", "chmod 0644 %s (exec rules run programs)" % path)
-        if p:
-            problems.append(p)
+        mode = os.stat(path).st_mode                # whoever can edit the rules can make exec run anything
+        if mode & (stat.S_IWOTH | stat.S_IWGRP):
+            problems.append("config file %s is writable by %s (mode %04o): chmod 0644 %s (exec rules run "
+                            "programs)" % (path, "everyone" if mode & stat.S_IWOTH else "its group",
+                                           stat.S_IMODE(mode), path))
     for path in opts.tail_file or []:
         if not os.path.exists(path):
             problems.append("log file %s does not exist (it will be waited for)" % path)
@@ -4017,9 +3912,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     for p in problems:
         out.write("FIX: %s\n" % p)
     if opts.online:
-        creds = load_credentials(opts.twitter_dir, env)
-        client = XClient(creds, api_base_of(opts, env),
-                         opener=opener, ca_file=opts.ca_file)
+        client = client_from(opts, env, opener=opener)
         resp = client.user("")
         code = report_failure(resp, "asking X who the token belongs to")
         if code:
