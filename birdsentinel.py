@@ -104,6 +104,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -111,6 +112,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import random
 import re
 import select
@@ -161,7 +163,12 @@ MAX_KEY = 256                 # longer counter keys are cut and hashed
 SUSPENDED_NOTICE = 3600.0     # seconds between two "tracking suspended" notices of a rule
 MAX_CHILDREN = 16             # exec/pipe/mail children at once
 MAX_QUEUED_ACTIONS = 10000    # actions waiting for a free child slot
+MAX_QUEUED_BYTES = 8 << 20    # and their standard input, in bytes
+OUTBOX_ENTRIES = 10000        # a week of X's 1,440 DMs a day; past it alerts are counted, not kept
+OUTBOX_BYTES = 20 << 20
+MAX_POLL_READ = 1 << 20       # bytes read from one file per poll: then save, check signals, go on
 CHILD_TIMEOUT = 60.0          # seconds before a child is killed
+PIPE_STALL = 5.0              # seconds a keep_open pipe may stay full before its reader is killed
 CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CHILD_ENV_KEEP = frozenset(("HOME", "LANG", "LANGUAGE", "LOGNAME", "SHELL", "TERM", "TZ", "USER"))
 
@@ -537,6 +544,7 @@ class Config:
     rules: List[Rule]
     budget: Dict[str, Optional[float]]
     files: Tuple[str, ...]
+    outbox: Dict[str, int] = field(default_factory=lambda: {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES})
 
 
 def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
@@ -1140,12 +1148,26 @@ def parse_budget(value: str, path: str, lineno: int) -> Dict[str, Optional[float
     return out
 
 
+def parse_outbox(value: str, path: str, lineno: int) -> Dict[str, int]:
+    """outbox max_bytes=SIZE,max_entries=N (SIZE in bytes, or with K, M or G)."""
+    bare, opts = split_commas(value)
+    out: Dict[str, int] = {}
+    for k, v in [("", b) for b in bare] + list(opts.items()):
+        m = re.match(r"^(\d{1,12})([KMG]?)$", v.strip(), re.I)
+        if k not in ("max_bytes", "max_entries") or not m or int(m.group(1)) < 1:
+            raise ConfigError(path, lineno, "bad outbox item %r" % ("%s=%s" % (k, v) if k else v),
+                              "outbox takes max_bytes=SIZE (e.g. 20M) and max_entries=N (e.g. 10000)")
+        out[k] = int(m.group(1)) << (10 * " KMG".index(m.group(2).upper() or " "))
+    return out
+
+
 def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
     """Parse a config file (and its includes) into a Config."""
     if text is None:
         text = read_config_text(path, _stack[-1] if _stack else "", 0)
     rules: List[Rule] = []
     budget = dict(DEFAULT_BUDGET)
+    outbox = {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES}
     files = [path]
     current: Optional[Rule] = None
     for lineno, line in read_logical_lines(path, text):
@@ -1178,6 +1200,8 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
             current = None
         elif key == "budget":
             budget.update(parse_budget(value, path, lineno))
+        elif key == "outbox":
+            outbox.update(parse_outbox(value, path, lineno))
         elif key in ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue",
                      "quit", "throttle", "threshold"):
             if current is None:
@@ -1206,7 +1230,7 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
         for i, r in enumerate(rules):
             r.index = i
             check_variables(r)
-    return Config(path, rules, budget, tuple(files))
+    return Config(path, rules, budget, tuple(files), outbox)
 
 
 def check_variables(rule: Rule) -> None:
@@ -1579,8 +1603,7 @@ def remove_stale_temp_files(directory: str) -> None:
 def new_state() -> Dict[str, Any]:
     return {"version": STATE_VERSION, "files": {}, "thresholds": {}, "throttles": {},
             "users": {}, "sent": {"dm": [], "tweet": []}, "spend": [],
-            "held": {"dm": 0, "tweet": 0}, "blocked_until": {}, "tweet_seq": 0,
-            "dead": 0}
+            "blocked_until": {}, "tweet_seq": 0}
 
 
 def valid_state(data: Any) -> bool:
@@ -1664,13 +1687,14 @@ def acquire_lock(state_path: str) -> int:
     return fd
 
 
-def parse_journal(raw: bytes) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
-    """The outbox journal's pending messages in order, the highest id seen,
-    and the numbers (from 0) of the lines that are not whole records:
-    writes a crash cut short."""
+def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
+    """The outbox journal's pending messages in order (with "parts" sent of
+    a split one), the highest id seen, and the numbers (from 0) of the
+    lines that are not whole records: writes a crash cut short.  A "lost"
+    record is kept under id 0: what the last one says was not kept."""
     entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
     last_id, unreadable = 0, []
-    for n, line in enumerate(raw.split(b"\n")):
+    for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines):
         if not line.strip():
             continue
         try:
@@ -1679,66 +1703,115 @@ def parse_journal(raw: bytes) -> Tuple["collections.OrderedDict[int, Dict[str, A
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             unreadable.append(n)
             continue
-        if op == "add":
+        if op == "add" or op == "lost":
             entries[ident] = rec
         elif op == "done":
             entries.pop(ident, None)
+        elif op == "part" and ident in entries:
+            entries[ident]["parts"] = int(rec.get("n", 0))
         last_id = max(last_id, ident)
     return entries, last_id, unreadable
 
 
+def journal_line(rec: Dict[str, Any]) -> bytes:
+    return json.dumps(rec, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
 class Outbox:
     """Messages waiting for X, as an append-only journal of JSON lines:
-    {"op":"add",...} when matched, {"op":"done","id":N} when X accepted it
-    (or it went to the dead-letter file).  It is fsynced before the log
-    offsets are saved, so a kill -9 at any point loses no alert."""
+    {"op":"add",...} when matched, {"op":"part","id":N,"n":K} after part K
+    of a split message, {"op":"done","id":N} when X accepted it (or it went
+    to the dead-letter file).  Bounded: past max_entries or max_bytes of
+    text a new alert is not kept but counted per recipient and action
+    (lost), and the count is sent first when room returns.  Appends reach
+    the disk at sync(), once a poll, before the offsets that cover them
+    are saved; the sender takes only ids up to `committed` (None: all)."""
 
-    def __init__(self, path: str, dead_path: str, fsync: bool = True) -> None:
+    def __init__(self, path: str, dead_path: str, fsync: bool = True,
+                 max_entries: int = OUTBOX_ENTRIES, max_bytes: int = OUTBOX_BYTES) -> None:
         self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self.entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
+        self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {
+            "dm": collections.OrderedDict(), "tweet": collections.OrderedDict()}
+        self.lost: Dict[str, Dict[str, int]] = {}      # "kind to" -> {action label: alerts not kept}
+        self.text_bytes = self.journal_bytes = 0
         self.next_id = 1
+        self.committed: Optional[int] = None
         self.lock = threading.RLock()
-        self.durable = True
+        self.durable, self.unsynced, self.full, self.lost_changed = True, False, False, False
+        self.born_committed = False                     # set for a one-off pass: nothing is read again
         self.failing: Optional[str] = None
-        self.done_since_compact = 0
+        self.retry_at = 0.0                             # monotonic: next rewrite after a failed write
 
-    def load(self) -> None:
+    def load(self, committed: Optional[int] = None) -> None:
+        """Stream the journal in; drop what came after `committed` (those
+        lines are read again from the saved offsets), then rewrite it."""
         with self.lock:
             try:
                 with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
-                    raw = fh.read()
+                    entries, last_id, unreadable = parse_journal(fh)
             except FileNotFoundError:
-                raw = b""
+                entries, last_id, unreadable = collections.OrderedDict(), 0, []
             except OSError as exc:
                 raise StateError("cannot read outbox %s: %s" % (self.path, exc.strerror)) from None
-            entries, last_id, unreadable = parse_journal(raw)
-            self.entries.update(entries)
+            lost = entries.pop(0, {}).get("counts", {})
+            self.lost = {k: dict(v) for k, v in lost.items() if isinstance(v, dict)}
+            late = [i for i, e in entries.items() if committed is not None and i > committed and not e.get("c")]
+            for i in late:
+                del entries[i]
+            for e in entries.values():
+                self._keep(e)
             self.next_id = max(self.next_id, last_id + 1)
-            torn = len(unreadable)
-            if torn:
-                LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, torn)
-            if raw:
-                self.compact()
+            self.committed = committed
+            self.lost_changed = False
+            if unreadable:
+                LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, len(unreadable))
+            if late:
+                LOG.info("outbox %s: %d alert(s) whose log lines were not saved as read are left out: "
+                         "those lines are read again", self.path, len(late))
+            self.compact()
             if self.entries:
                 LOG.info("outbox %s holds %d message(s) from an earlier run", self.path, len(self.entries))
 
-    def _append(self, records: Sequence[Dict[str, Any]]) -> None:
-        data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
+    def _keep(self, entry: Dict[str, Any]) -> None:
+        self.entries[entry["id"]] = self.queues.setdefault(entry["kind"], collections.OrderedDict())[entry["id"]] = entry
+        self.text_bytes += len(entry["text"])
+
+    def _append(self, records: Sequence[Dict[str, Any]], sync: bool = False) -> None:
+        data = b"".join(journal_line(r) for r in records)
         try:
             if not self.durable:
-                self.compact()                  # rewrite all, including what was only in memory
-                if not self.durable:
-                    return
+                return                          # in memory until retry() rewrites all
             fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 os.write(fd, data)
-                if self.do_fsync:
+                if sync and self.do_fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            self.journal_bytes += len(data)
+            self.unsynced = self.unsynced or not sync
             self._wrote()
         except OSError as exc:
             self._wrote(exc)
+
+    def sync(self) -> None:
+        """Make the appends durable (once a poll, and for each done record)."""
+        with self.lock:
+            if self.lost_changed:
+                self.lost_changed = False
+                self._append([{"op": "lost", "id": 0, "counts": self.lost}])
+            if self.unsynced and self.do_fsync:
+                try:
+                    fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    self._wrote(exc)
+            self.unsynced = False
 
     def _wrote(self, exc: Optional[OSError] = None) -> None:
         """Say once when writing starts failing, and once when it works again."""
@@ -1750,37 +1823,97 @@ class Outbox:
             LOG.warning("outbox %s is writable again", self.path)
         self.failing = cause
         self.durable = self.durable and cause is None
+        if cause:                                   # no rewrite storm on a full disk
+            self.retry_at = time.monotonic() + 5.0
+
+    def retry(self) -> None:
+        """After a failed write, rewrite the journal when the disk has room
+        for it, else every 5 s: never once per alert (issue 9: a full disk
+        made every alert rewrite the whole journal)."""
+        try:
+            st = os.statvfs(os.path.dirname(self.path) or ".")
+            room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
+        except OSError:
+            room = False
+        if room or time.monotonic() >= self.retry_at:
+            self.compact()
 
     def compact(self) -> None:
         with self.lock:
-            data = b"".join(json.dumps(e, separators=(",", ":")).encode("utf-8") + b"\n"
-                            for e in self.entries.values())
+            recs = [dict(e, op="add") for e in self.entries.values()]
+            recs += [{"op": "part", "id": e["id"], "n": e["parts"]} for e in self.entries.values() if e.get("parts")]
+            if self.lost:
+                recs.append({"op": "lost", "id": 0, "counts": self.lost})
+            data = b"".join(journal_line(r) for r in recs)
             try:
                 atomic_write(self.path, data)
-                self.durable, self.done_since_compact = True, 0
+                self.durable, self.unsynced, self.journal_bytes = True, False, len(data)
                 self._wrote()
             except OSError as exc:
                 self._wrote(exc)
 
-    def add(self, kind: str, to: str, text: str, now: float,
-            extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    def add(self, kind: str, to: str, text: str, now: float, extra: Optional[Dict[str, Any]] = None,
+            label: str = "") -> Optional[Dict[str, Any]]:
+        """Queue one message; None when the outbox is full (it is counted)."""
         with self.lock:
+            if len(self.entries) >= self.max_entries or self.text_bytes + len(text) > self.max_bytes:
+                if not self.full:
+                    LOG.error("outbox full (%d messages, %d KiB of text): new alerts are counted, not kept, "
+                              "until X takes some; the count is sent first then", len(self.entries),
+                              self.text_bytes // 1024)
+                self.full = True
+                counts = self.lost.setdefault("%s %s" % (kind, to), {})
+                counts[label or kind] = counts.get(label or kind, 0) + 1
+                self.lost_changed = True
+                return None
             entry = {"op": "add", "id": self.next_id, "kind": kind, "to": to, "text": text, "t": now}
-            entry.update(extra or {})
+            entry.update(extra or {}, **({"c": 1} if self.born_committed else {}))
             self.next_id += 1
-            self.entries[entry["id"]] = entry
+            self._keep(entry)
             self._append([entry])
             return entry
+
+    def first(self, kind: str) -> Optional[Dict[str, Any]]:
+        """The oldest message of `kind` the sender may take."""
+        with self.lock:
+            q = self.queues.get(kind)
+            e = next(iter(q.values()), None) if q else None
+            return e if e is not None and self.ready(e) else None
+
+    def ready(self, e: Dict[str, Any]) -> bool:
+        return self.committed is None or e["id"] <= self.committed or "c" in e
+
+    def of_kind(self, kind: str) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.queues.get(kind, {}).values() if self.ready(e)]
+
+    def count(self, kind: str) -> int:
+        return len(self.queues.get(kind, ()))
+
+    def part_sent(self, entry: Dict[str, Any], n: int) -> None:
+        with self.lock:
+            entry["parts"] = n
+            self._append([{"op": "part", "id": entry["id"], "n": n}], sync=True)
 
     def done(self, ids: Sequence[int]) -> None:
         with self.lock:
             ids = [i for i in ids if i in self.entries]
             for i in ids:
-                del self.entries[i]
-            self._append([{"op": "done", "id": i} for i in ids])
-            self.done_since_compact += len(ids)
-            if not self.entries and self.done_since_compact > 1000:
-                self.compact()
+                e = self.entries.pop(i)
+                del self.queues[e["kind"]][i]
+                self.text_bytes -= len(e["text"])
+            self._append([{"op": "done", "id": i} for i in ids], sync=True)
+            self.full = self.full and len(self.entries) >= self.max_entries
+            if self.journal_bytes > 2 * self.text_bytes + 200 * len(self.entries) + (1 << 20):
+                self.compact()              # most of the journal is done records
+
+    def take_lost(self, kind: str, to: str) -> Dict[str, int]:
+        """The counts of alerts not kept for this recipient, once."""
+        with self.lock:
+            counts = self.lost.pop("%s %s" % (kind, to), {})
+            if counts:
+                self.lost_changed = True
+            return counts
 
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
@@ -1929,6 +2062,7 @@ class FileTailer:
         self.saved = saved
         self.start_at_end = start_at_end
         self.started = False
+        self.more = False                       # the last poll stopped before the end
         self.missing_logged = False
         self.error_logged: Optional[str] = None
 
@@ -2057,9 +2191,13 @@ class FileTailer:
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
-        """Read what h's file has beyond h.pos; return bytes read."""
+        """Read what h's file has beyond h.pos, at most MAX_POLL_READ (then
+        self.more): the loop saves and looks at signals in between."""
         total = 0
         while True:
+            if total >= MAX_POLL_READ:
+                self.more = True
+                break
             try:
                 chunk = os.pread(h.fd, READ_BLOCK, h.pos)
             except OSError as exc:
@@ -2097,8 +2235,8 @@ class FileTailer:
             os.close(old.fd)
 
     def poll(self) -> int:
-        """Read everything new; handle rotation.  Returns bytes read."""
-        total = 0
+        """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
+        total, self.more = 0, False
         now = self.clock()
         for h in list(self.retired):            # writers may still append after a rename
             total += self._drain(h)
@@ -2584,9 +2722,11 @@ class Deliverer:
     def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any],
                  state_lock: threading.RLock, budget: Dict[str, Optional[float]],
                  clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.outbox, self.client, self.state, self.lock = outbox, client, state, state_lock
         self.budget = budget
+        self.on_change = on_change      # the state changed: it reaches the disk within a second
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
         self.rng = rng or random.Random()
@@ -2595,7 +2735,6 @@ class Deliverer:
         self.auth_until = -1e18         # monotonic
         self.account_problem = ""      # "auth" or "credit" while X refuses the account
         self.held_logged: Dict[str, float] = {}
-        self.progress: Dict[int, int] = {}      # entry id -> parts already sent
         self.block_mono: Dict[str, float] = {}  # kind -> monotonic end of X's block
         self.summarize_next: set = set()        # kinds whose next send follows a hold
 
@@ -2638,6 +2777,7 @@ class Deliverer:
         uid = str(user["id"])
         with self.lock:
             self.state["users"][key] = uid
+        self.on_change()
         LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
         return uid
 
@@ -2645,9 +2785,6 @@ class Deliverer:
         LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"],
                   entry["to"] or "self", reason, self.outbox.dead_path)
         self.outbox.dead(entry, reason, self.clock())
-        with self.lock:
-            self.state["dead"] = int(self.state.get("dead", 0)) + 1
-        self.progress.pop(entry["id"], None)
 
     def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str) -> bool:
         """React to a non-success answer; True when it was one."""
@@ -2658,6 +2795,7 @@ class Deliverer:
             with self.lock:
                 self.state["blocked_until"][entry["kind"]] = until
             self.block_mono[entry["kind"]] = self.monotonic() + (until - now)
+            self.on_change()
         if cls == "ok":
             return False
         if cls == "rate":
@@ -2694,13 +2832,7 @@ class Deliverer:
     def step(self) -> float:
         """Send at most one message (or digest).  Returns seconds to wait."""
         now = self.clock()
-        pending = self.outbox.pending()
-        with self.lock:
-            for kind in ("dm", "tweet"):
-                self.state["held"][kind] = sum(1 for e in pending if e["kind"] == kind)
-        if not pending:
-            return 3600.0
-        if self.client is None:
+        if self.client is None or not len(self.outbox):
             return 3600.0
         mono = self.monotonic()
         if mono < self.auth_until:
@@ -2709,14 +2841,13 @@ class Deliverer:
             return self.retry_at - mono
         waits = []
         for kind in ("dm", "tweet"):
-            queue = [e for e in pending if e["kind"] == kind]
-            if not queue:
+            entry = self.outbox.first(kind)
+            if entry is None:
                 continue
             blocked = self._blocked_for(kind, now)
             if blocked > 0:
                 waits.append(blocked)
                 continue
-            entry = queue[0]
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
                 # stamps in the future (the wall clock went back) become now, once,
@@ -2729,31 +2860,42 @@ class Deliverer:
             if allowed <= 0:
                 if self.held_logged.get(kind) != free_at:
                     LOG.warning("budget: holding %d %s alert(s) until %s; the first message then "
-                                "summarizes them", len(queue), kind,
+                                "summarizes them", self.outbox.count(kind), kind,
                                 time.strftime("%H:%M:%S", time.localtime(free_at)))
                     self.held_logged[kind] = free_at
                 self.summarize_next.add(kind)
                 waits.append(max(free_at - now, 1.0))
                 continue
             try:
-                self._send(kind, queue, allowed, now)
+                self._send(kind, entry, allowed)
             except XNetworkError as exc:
                 self._retry_later(str(exc))
                 return max(self.retry_at - self.monotonic(), 0.0)
             return 0.0
         return min(waits) if waits else 3600.0
 
-    def _send(self, kind: str, queue: List[Dict[str, Any]], allowed: int, now: float) -> None:
-        entry = queue[0]
+    def _send(self, kind: str, entry: Dict[str, Any], allowed: int) -> None:
         to_id = self._resolve(entry) if kind == "dm" else ""
         if kind == "dm" and to_id is None:
             return
-        same = [e for e in queue if e["to"] == entry["to"]]
+        lost = self.outbox.lost.get("%s %s" % (kind, entry["to"]))
+        if lost:                                    # first say what the full outbox did not keep
+            text = "birdsentinel: %d alert(s) were not kept while the outbox was full: %s" % (
+                sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
+            for part in entry_parts(dict(entry, text=text))[:allowed]:
+                resp = self.client.send_dm(to_id or "", part) if kind == "dm" else self.client.post_tweet(part)
+                if self.handle_failure(resp, entry, "sending a %s" % kind):
+                    return
+                self._record(kind, part, self.clock())
+            self.outbox.take_lost(kind, entry["to"])
+            LOG.warning("sent the count of %d alert(s) the full outbox did not keep", sum(lost.values()))
+            return
         # the last message a window allows, or the first after holding, is a
         # digest when more wait than the window allows
         digest = allowed == 1 or kind in self.summarize_next
         self.summarize_next.discard(kind)
-        if len(queue) > allowed and digest and len(same) > 1:
+        same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest else []
+        if self.outbox.count(kind) > allowed and len(same) > 1:
             lines = [e["text"] for e in same]
             if kind == "tweet":
                 lines = [defang(t) if entry.get("defang", True) else t for t in lines]
@@ -2768,7 +2910,7 @@ class Deliverer:
         else:
             batch = [entry]
             parts = entry_parts(entry)
-        start = self.progress.get(entry["id"], 0) if len(batch) == 1 else 0
+        start = int(entry.get("parts", 0)) if len(batch) == 1 else 0
         for i in range(start, len(parts)):
             if i - start >= allowed:
                 return                                      # the rest after the window
@@ -2777,9 +2919,9 @@ class Deliverer:
             if self.handle_failure(resp, entry, "sending a %s" % kind):
                 return
             self._record(kind, parts[i], self.clock())
-            self.progress[entry["id"]] = i + 1
+            if i + 1 < len(parts):                          # a restart goes on with the next part
+                self.outbox.part_sent(entry, i + 1)
         self.outbox.done([e["id"] for e in batch])
-        self.progress.pop(entry["id"], None)
         self.attempts = 0
         if self.account_problem:
             LOG.warning("X accepts %s again", "the credentials" if self.account_problem == "auth" else "the account")
@@ -2793,6 +2935,7 @@ class Deliverer:
             del sent[:-int(max(self.budget.get(kind + "_per_day") or 0, 100) + 1)]
             self.state["spend"].append([now, message_price(kind, text)])
             self.state["spend"] = [s for s in self.state["spend"] if s[0] > now - WINDOW_DAY]
+        self.on_change()
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
         """The sender thread: step, then sleep until due or woken."""
@@ -2852,7 +2995,8 @@ class ActionRunner:
         self.max_children, self.child_timeout, self.popen = max_children, child_timeout, popen
         self.children: List[Child] = []
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
-        self.pipes: Dict[Tuple[int, Tuple[Template, ...]], subprocess.Popen] = {}
+        self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
+        self.waiting_bytes = 0
         self.failures = 0
         self.enqueued = 0
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
@@ -2916,22 +3060,20 @@ class ActionRunner:
             self.spawn(argv, data, "pipe")
             return
         key = (action.lineno, action.argv)
-        proc = self.pipes.get(key)
-        if proc is None or proc.poll() is not None:
+        pipe = self.pipes.get(key)
+        if pipe is None or pipe.proc.poll() is not None:
             try:
-                proc = self.popen(argv, stdin=subprocess.PIPE, stdout=self._child_out(),
-                                  stderr=self._child_out(), close_fds=True, env=self.child_env)
+                pipe = self.pipes[key] = PipeWriter(self.popen(
+                    argv, stdin=subprocess.PIPE, stdout=self._child_out(), stderr=self._child_out(),
+                    close_fds=True, env=self.child_env))
             except OSError as exc:
                 self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
                 return
-            self.pipes[key] = proc
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(data)
-            proc.stdin.flush()
-        except (OSError, ValueError) as exc:
-            self.failed("pipe %s stopped reading: %s" % (argv[0], getattr(exc, "strerror", exc)))
-            self.pipes.pop(key, None)
+        if not pipe.put(data, self.monotonic()):
+            pipe.proc.kill()
+            self.failed("pipe %s stopped reading for %.0f s: killed; it is started again at the next line"
+                        % (argv[0], PIPE_STALL))
+            del self.pipes[key]
 
     def mail(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
         recipients = list(action.recipients) or [current_user()]
@@ -2955,7 +3097,7 @@ class ActionRunner:
             for p in entry_parts(entry):
                 self.write_out("%s: %s\n" % (label, p))
             return
-        self.outbox.add(kind, to, text, self.clock(), extra)
+        self.outbox.add(kind, to, text, self.clock(), extra, label="%s at line %d" % (kind, action.lineno))
         self.enqueued += 1
         self.on_enqueue()
 
@@ -2968,11 +3110,13 @@ class ActionRunner:
             self.write_out("would run: %s\n" % sanitize(shlex.join(argv)))
             return
         if len(self.children) >= self.max_children:
-            if len(self.waiting) >= MAX_QUEUED_ACTIONS:
+            size = len(stdin or b"") + sum(map(len, argv))
+            if len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES:
                 self.failed("%d actions already wait for a free slot: dropped %s %s"
                             % (len(self.waiting), what, argv[0]))
                 return
             self.waiting.append((argv, stdin, what))
+            self.waiting_bytes += size
             return
         self._start(argv, stdin, what)
 
@@ -3005,7 +3149,9 @@ class ActionRunner:
             if rc is not None:
                 self.children.remove(c)
         while self.waiting and len(self.children) < self.max_children:
-            self._start(*self.waiting.popleft())
+            argv, stdin, what = self.waiting.popleft()
+            self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
+            self._start(argv, stdin, what)
 
     def busy(self) -> bool:
         return bool(self.children or self.waiting)
@@ -3019,14 +3165,43 @@ class ActionRunner:
         self.reap()
 
     def close(self) -> None:
-        for proc in self.pipes.values():
+        for pipe in self.pipes.values():
+            if pipe.lines.full():
+                pipe.proc.kill()
+            else:
+                pipe.lines.put(None)
             try:
-                if proc.stdin:
-                    proc.stdin.close()
-                proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
+                pipe.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pipe.proc.kill()
         self.pipes.clear()
+
+
+class PipeWriter:
+    """A keep_open pipe's child, written by a thread of its own through a
+    bounded queue: a reader that stalls never blocks the watcher (issue 9)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
+        self.full_since: Optional[float] = None
+        threading.Thread(target=self._write, daemon=True).start()
+
+    def _write(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError, ValueError):
+            for data in iter(self.lines.get, None):
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            self.proc.stdin.close()
+
+    def put(self, data: bytes, now: float) -> bool:
+        """Queue a line; False once the reader has read nothing for PIPE_STALL s."""
+        try:
+            self.lines.put_nowait(data)
+            self.full_since = None
+        except queue.Full:
+            self.full_since = self.full_since or now
+        return self.full_since is None or now - self.full_since < PIPE_STALL
 
 
 def child_env(env: Any) -> Dict[str, str]:
@@ -3439,7 +3614,7 @@ class App:
     def wants_x(self, config: Config) -> bool:
         return any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
 
-    def open_state(self, persistent: bool, need_outbox: bool) -> None:
+    def open_state(self, persistent: bool, need_outbox: bool, config: Optional[Config] = None) -> None:
         if not (persistent or need_outbox):
             return
         ensure_dir(os.path.dirname(self.state_path) or ".")
@@ -3458,8 +3633,10 @@ class App:
         self.store = StateStore(self.state_path)
         self.state, _found = self.store.load()
         if need_outbox:
-            self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME))
-            self.outbox.load()
+            self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME),
+                                 **(config.outbox if config else {}))
+            self.outbox.load(self.state.get("outbox_committed"))
+            self.outbox.born_committed = not persistent     # a one-off pass reads nothing again
 
     def make_client(self) -> Optional[XClient]:
         try:
@@ -3479,28 +3656,49 @@ class App:
         self.forget_other_users(config)
         if self.outbox is None:
             return
-        self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock, config.budget)
+        self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock, config.budget,
+                                   on_change=self.state_changed)
         self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake),
                                        name="sender", daemon=True)
         self.sender.start()
 
+    def state_changed(self) -> None:
+        """The sender changed the state: wake the loop, which saves it."""
+        self.dirty = True
+        try:
+            os.write(self.wake_w, b"s")
+        except (OSError, AttributeError):
+            pass
+
     def save_state(self, tailers: Sequence[FileTailer], force: bool = False) -> None:
+        """The commit point: the outbox's new entries reach the disk, then
+        the offsets after their lines with the highest id they cover, in one
+        atomic write; only then may the sender take them (issue 9: a kill in
+        between re-read and re-sent them)."""
         if self.store is None:
             return
         now = time.monotonic()
         if not force and (not self.dirty or now - self.last_save < 0.5):
             return
-        if self.outbox is not None and not self.outbox.durable:
-            self.outbox.compact()
+        if self.outbox is not None:
+            self.outbox.sync()
             if not self.outbox.durable:
-                return                  # offsets wait until the alerts are safe
+                self.outbox.retry()
+            if not self.outbox.durable:
+                return                      # offsets wait until the alerts are safe
         with self.state_lock:
             for t in tailers:
                 self.state["files"][t.path] = t.snapshot()
+            if self.outbox is not None:
+                self.state["outbox_committed"] = self.outbox.next_id - 1
+            committed = self.state.get("outbox_committed")
             ok = self.store.save(self.state)
         if ok:
             self.dirty = False
             self.last_save = now
+            if self.outbox is not None and self.outbox.committed != committed:
+                self.outbox.committed = committed
+                self.wake.set()
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
@@ -3508,6 +3706,7 @@ class App:
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         signal.set_wakeup_fd(w)
+        self.wake_w = w
 
         def on_stop(signum: int, frame: Any) -> None:
             self.stop.set()
@@ -3553,7 +3752,7 @@ class App:
         report_fd = None
         if opts.daemon:
             ensure_dir(self.script_dir)
-        self.open_state(persistent, x_needed)
+        self.open_state(persistent, x_needed, config)
         if opts.daemon:
             report_fd = daemonize()
             if self.lock_fd is not None:           # the lock names the daemon, not the launcher
@@ -3571,7 +3770,7 @@ class App:
             if x_needed:
                 self.start_sender(config)
             runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon,
-                                  outbox=self.outbox, on_enqueue=self.wake.set,
+                                  outbox=self.outbox, on_enqueue=lambda: None if persistent else self.wake.set(),
                                   state=self.state, state_lock=self.state_lock)
             sentinel = Sentinel(config, runner, self.state, self.state_lock)
             if syslog:                          # our own syslog lines must not trigger rules
@@ -3589,8 +3788,8 @@ class App:
         finally:
             self.stop.set()
             self.wake.set()
-            if self.sender is not None:
-                self.sender.join(timeout=HTTP_TIMEOUT + 5)
+            if self.sender is not None:         # a send in flight is the one duplicate a kill may cost
+                self.sender.join(timeout=1.0)
             if opts.pid_file and not opts.once:
                 try:
                     with open(opts.pid_file) as fh:
@@ -3719,7 +3918,9 @@ class App:
                     timeout = 10.0
                 else:
                     timeout = 1.0
-                if runner.busy():
+                if any(t.more for t in tailers):
+                    timeout = 0.0                   # a bounded read left more to read
+                elif runner.busy():
                     timeout = 0.05
                 elif any(t.retired for t in tailers):
                     timeout = min(timeout, RETIRED_GRACE / 4)
@@ -3740,10 +3941,12 @@ class App:
         finally:
             runner.wait_all(timeout=10 if not opts.once else None)
             runner.close()
+            self.dirty = True
+            self.save_state(tailers, force=True)        # the commit: then --once delivers
             if opts.once:
                 self.finish_delivery(time.monotonic() + 60)
-            self.dirty = True
-            self.save_state(tailers, force=True)
+                self.dirty = True
+                self.save_state(tailers, force=True)
             for t in tailers:
                 t.close()
             if ino is not None:

@@ -279,7 +279,7 @@ class StubOutbox:
     def __init__(self):
         self.entries = []
 
-    def add(self, kind, to, text, now, extra=None):
+    def add(self, kind, to, text, now, extra=None, label=""):
         self.entries.append((kind, to, text, dict(extra or {})))
         return {}
 

@@ -211,7 +211,7 @@ def test_hour_long_outage_backs_off_to_the_cap_without_busy_loop_then_drains_in_
     assert len(failed_logs) <= 3 + len(outage_requests).bit_length()
     # nothing was lost during the outage: all alerts are still queued, durably
     assert reload_pending(tmp_path) == added
-    assert state["held"]["dm"] == len(added)
+    assert outbox.count("dm") == len(added)
 
     # the network is back: the first retry is at most one capped back-off away
     recovery_start = clocks.wall
@@ -226,7 +226,7 @@ def test_hour_long_outage_backs_off_to_the_cap_without_busy_loop_then_drains_in_
     assert reload_pending(tmp_path) == []
     assert d.attempts == 0
     d.step()
-    assert state["held"]["dm"] == 0
+    assert outbox.count("dm") == 0
     FIGURES["outage"] = {"alerts": len(added), "failed requests in 1 h": len(outage_requests), "steps": steps,
                          "back-offs s": [round(w) for w in failure_delays]}
 
@@ -304,7 +304,7 @@ def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_ho
             assert wait == 0.0 and len(log) == n_req + 1, wait
             zero_waits += 1
         check_nothing_lost()
-        assert state["held"]["dm"] == len(outbox) == len(added)
+        assert outbox.count("dm") == len(outbox) == len(added)
         due = clocks.wall + wait
         nxt = min(due, arrivals[0]) if arrivals else due
         clocks.advance(max(nxt - clocks.wall, 0.0))
@@ -315,7 +315,7 @@ def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_ho
     assert zero_waits <= len(day_requests)
     assert state["sent"]["dm"] == [] and state["spend"] == []       # a 429 costs no budget
     assert reload_pending(tmp_path) == added
-    assert state["dead"] == 0
+    assert not os.path.exists(str(tmp_path / "birdsentinel.dead"))
 
     # the day is over: X accepts again; the budget (15 per 15 min) and the
     # digest carry the 144 held alerts
@@ -328,7 +328,7 @@ def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_ho
         clocks.advance(wait)
     assert len(outbox) == 0 and reload_pending(tmp_path) == []
     d.step()
-    assert state["held"]["dm"] == 0
+    assert outbox.count("dm") == 0
     sends = [x for x in log if x[2] == 201 and x[3] is not None]
     times = [x[0] for x in sends]
     for i, t in enumerate(times):                                   # never more than 15 in any 15 minutes

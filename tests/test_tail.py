@@ -325,12 +325,16 @@ def test_huge_line_in_one_poll_uses_bounded_memory(tailers, log):
     t.poll()
     append(log, b"before\n" + b"q" * (16 * 1024 * 1024) + b"\nafter\n")
     tracemalloc.start()
+    polls = 0
     try:
-        t.poll()
+        while t.poll():                 # each poll reads at most MAX_POLL_READ
+            polls += 1
+            assert t.more or polls > 16
         _cur, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert c.lines == ["before", "q" * MAX_LINE, "after"]
+    assert polls == 17, "16 MiB and a few bytes in 1 MiB polls: %d polls" % polls
     assert peak < 8 * 1024 * 1024, "reading a 16 MiB line peaked at %d bytes" % peak
 
 
