@@ -105,6 +105,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import dataclasses
 import ctypes
 import errno
 import fcntl
@@ -501,6 +502,7 @@ class Action:
     raw: bool = False                       # exec, pipe: the line's control bytes kept
     defang: bool = True                     # tweet
     when: Optional[When] = None
+    path: str = ""                          # the config file it is in
 
 
 @dataclass(frozen=True)
@@ -1221,7 +1223,7 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 parse_action(key, value, path, lineno)      # refuses a value
                 current.cont = True
             else:
-                current.actions.append(parse_action(key, value, path, lineno))
+                current.actions.append(dataclasses.replace(parse_action(key, value, path, lineno), path=path))
         else:
             raise ConfigError(path, lineno, "unknown keyword or action %r" % key,
                               "actions are echo, bell, exec, pipe, mail, write, dm, tweet, continue, quit; "
@@ -2062,6 +2064,7 @@ class FileTailer:
         self.saved = saved
         self.start_at_end = start_at_end
         self.started = False
+        self.done = False                       # a followed file never ends
         self.more = False                       # the last poll stopped before the end
         self.missing_logged = False
         self.error_logged: Optional[str] = None
@@ -2314,6 +2317,42 @@ class FileTailer:
             except OSError:
                 pass
         self.retired, self.cur = [], None
+
+class StreamSource:
+    """--examine FILE or --read-pipe CMD, read once to its end with the
+    poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
+
+    def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
+                 proc: Optional[subprocess.Popen] = None) -> None:
+        self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
+        self.splitter = LineSplitter(name)
+        self.done = self.more = False
+
+    def poll(self) -> int:
+        got, self.more = 0, False
+        while not self.done and (self.proc is None or select.select([self.fd], [], [], 0)[0]):
+            chunk = os.read(self.fd, READ_BLOCK)
+            got += len(chunk)
+            self.done = not chunk
+            text = self.splitter.feed(chunk) if chunk else (    # the last line may lack its newline
+                self.splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n" if self.splitter.pending else "")
+            if text:
+                self.on_text(text)
+            if got >= MAX_POLL_READ:
+                self.more = not self.done
+                break
+        return got
+
+    def close(self) -> None:
+        if self.proc is None:
+            os.close(self.fd)
+            return
+        self.proc.stdout.close()                    # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
 
 # ==== X API client ===========================================================
 # OAuth 1.0a user context over urllib.  The opener, clock and nonce are
@@ -3069,11 +3108,7 @@ class ActionRunner:
             except OSError as exc:
                 self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
                 return
-        if not pipe.put(data, self.monotonic()):
-            pipe.proc.kill()
-            self.failed("pipe %s stopped reading for %.0f s: killed; it is started again at the next line"
-                        % (argv[0], PIPE_STALL))
-            del self.pipes[key]
+        pipe.put(data, self.monotonic())
 
     def mail(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
         recipients = list(action.recipients) or [current_user()]
@@ -3097,7 +3132,7 @@ class ActionRunner:
             for p in entry_parts(entry):
                 self.write_out("%s: %s\n" % (label, p))
             return
-        self.outbox.add(kind, to, text, self.clock(), extra, label="%s at line %d" % (kind, action.lineno))
+        self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
         self.enqueued += 1
         self.on_enqueue()
 
@@ -3148,13 +3183,19 @@ class ActionRunner:
                 self.failed("%s exited with status %d" % (c.what, rc))
             if rc is not None:
                 self.children.remove(c)
+        for key, pipe in list(self.pipes.items()):
+            if pipe.full_since is not None and now - pipe.full_since > PIPE_STALL:
+                pipe.proc.kill()
+                self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
+                            "started again at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped))
+                del self.pipes[key]
         while self.waiting and len(self.children) < self.max_children:
             argv, stdin, what = self.waiting.popleft()
             self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
             self._start(argv, stdin, what)
 
     def busy(self) -> bool:
-        return bool(self.children or self.waiting)
+        return bool(self.children or self.waiting or any(p.full_since for p in self.pipes.values()))
 
     def wait_all(self, timeout: Optional[float] = None) -> None:
         limit = self.monotonic() + (timeout if timeout is not None else self.child_timeout + 5)
@@ -3184,6 +3225,7 @@ class PipeWriter:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
         self.full_since: Optional[float] = None
+        self.dropped = 0
         threading.Thread(target=self._write, daemon=True).start()
 
     def _write(self) -> None:
@@ -3194,14 +3236,14 @@ class PipeWriter:
                 self.proc.stdin.flush()
             self.proc.stdin.close()
 
-    def put(self, data: bytes, now: float) -> bool:
-        """Queue a line; False once the reader has read nothing for PIPE_STALL s."""
+    def put(self, data: bytes, now: float) -> None:
+        """Queue a line; a full queue drops it (counted) and starts the stall clock."""
         try:
             self.lines.put_nowait(data)
             self.full_since = None
         except queue.Full:
             self.full_since = self.full_since or now
-        return self.full_since is None or now - self.full_since < PIPE_STALL
+            self.dropped += 1
 
 
 def child_env(env: Any) -> Dict[str, str]:
@@ -3775,11 +3817,7 @@ class App:
             sentinel = Sentinel(config, runner, self.state, self.state_lock)
             if syslog:                          # our own syslog lines must not trigger rules
                 sentinel.self_tag = "birdsentinel[%d]:" % os.getpid()
-            if opts.examine or opts.read_pipe:
-                code = self.run_stream(sentinel, runner)
-            else:
-                code = self.run_tail(sentinel, runner, wake_r)
-            return code
+            return self.run_sources(sentinel, runner, wake_r)
         except BirdError as exc:
             if report_fd is not None:
                 os.write(report_fd, ("birdsentinel: %s\n" % exc).encode("utf-8"))
@@ -3813,15 +3851,15 @@ class App:
         if len(self.deliverer.outbox):
             LOG.warning("%d message(s) wait in the outbox for the next run", len(self.deliverer.outbox))
 
-    def run_stream(self, sentinel: Sentinel, runner: ActionRunner) -> int:
+    def open_sources(self, on_text: Callable[[str], None]) -> List[Any]:
+        """--examine FILE, --read-pipe CMD (run as argv), or the files to follow."""
         opts = self.opts
         if opts.examine:
             try:
-                fd = os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC)
+                return [StreamSource(opts.examine, os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC), on_text)]
             except OSError as exc:
                 raise NoInputError("cannot read %s: %s" % (opts.examine, exc.strerror)) from None
-            proc = None
-        else:
+        if opts.read_pipe:
             try:
                 argv = shlex.split(opts.read_pipe)
             except ValueError as exc:
@@ -3832,97 +3870,62 @@ class App:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
             except OSError as exc:
                 raise NoInputError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-        name = opts.examine or argv[0]
-        splitter = LineSplitter(name)
-        with self.state_lock:               # a one-off pass keeps its counters to itself
-            kept = {k: self.state[k] for k in ("thresholds", "throttles")}
-            self.state["thresholds"], self.state["throttles"] = {}, {}
-        try:
-            while not self.stop.is_set() and not sentinel.quit:
-                chunk = os.read(fd, READ_BLOCK)
-                if not chunk:
-                    break
-                text = splitter.feed(chunk)
-                if text:
-                    sentinel.process_text(text)
-                runner.reap()
-            if splitter.pending and not sentinel.quit:      # the last line had no newline
-                sentinel.process_text(splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n")
-        finally:
-            if proc is not None:
-                proc.stdout.close()             # type: ignore[union-attr]
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            else:
-                os.close(fd)
-        runner.wait_all()
-        runner.close()
-        self.finish_delivery(time.monotonic() + 60)
+            return [StreamSource(argv[0], proc.stdout.fileno(), on_text, proc)]     # type: ignore[union-attr]
+        paths = self.opts.tail_file or [p for p in ("/var/log/messages", "/var/log/syslog") if os.path.exists(p)][:1]
+        if not paths:
+            raise BirdError("nothing to watch: neither /var/log/messages nor /var/log/syslog exists; give -t FILE")
         with self.state_lock:
-            self.state.update(kept)
-        self.dirty = True
-        self.save_state([], force=True)     # tweet numbers, user ids, budget use
-        LOG.debug("%d characters of lines, %d matches", sentinel.bytes, sentinel.matches)
-        return EX_FAIL if runner.failures else EX_OK
+            return [FileTailer(p, on_text, self.state["files"].get(p)) for p in paths]
 
-    def tail_paths(self) -> List[str]:
-        if self.opts.tail_file:
-            return list(self.opts.tail_file)
-        for p in ("/var/log/messages", "/var/log/syslog"):
-            if os.path.exists(p):
-                return [p]
-        raise BirdError("nothing to watch: neither /var/log/messages nor /var/log/syslog exists; give -t FILE")
-
-    def run_tail(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
+    def run_sources(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
+        """The one loop: poll every source (a bounded read each), commit,
+        then wait for inotify, a signal or a pipe.  --once, --examine and
+        --read-pipe are the same loop with an end."""
         opts = self.opts
-        paths = self.tail_paths()
 
         def on_text(text: str) -> None:
             if not sentinel.quit:
                 sentinel.process_text(text)
             self.dirty = True
 
-        with self.state_lock:
-            saved = {p: self.state["files"].get(p) for p in paths}
-        tailers = [FileTailer(p, on_text, saved[p]) for p in paths]
-        try:
-            ino: Optional[Inotify] = Inotify()
-        except OSError as exc:
-            LOG.info("inotify unavailable (%s): polling every second", exc)
-            ino = None
-        LOG.info("watching %s with %d rules", ", ".join(paths), len(sentinel.rules))
+        sources = self.open_sources(on_text)
+        files = [s for s in sources if isinstance(s, FileTailer)]
+        finite = opts.once or not files
+        with self.state_lock:                       # a one-off pass keeps its counters to itself
+            kept = {} if files else {k: self.state[k] for k in ("thresholds", "throttles")}
+            self.state.update({k: {} for k in kept})
+        ino: Optional[Inotify] = None
+        if files:
+            try:
+                ino = Inotify()
+            except OSError as exc:
+                LOG.info("inotify unavailable (%s): polling every second", exc)
+            LOG.info("watching %s with %d rules", ", ".join(f.path for f in files), len(sentinel.rules))
         enqueued = runner.enqueued
         try:
             while True:
-                for t in tailers:
-                    t.poll()
+                for src in sources:
+                    src.poll()
                 runner.reap()
-                # right after alerts reach the (fsynced) outbox, save the offsets
-                # that cover them: a crash then re-sends as little as possible
-                self.save_state(tailers, force=runner.enqueued != enqueued)
+                if files:                   # the commit point, right after alerts reach the outbox
+                    self.save_state(files, force=runner.enqueued != enqueued)
                 enqueued = runner.enqueued
-                if opts.once or sentinel.quit or self.stop.is_set():
+                if opts.once or sentinel.quit or self.stop.is_set() or all(s.done for s in sources):
                     break
                 if self.hup:
                     self.reload(sentinel, runner)
-                fds = [wake_r]
+                fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.proc]
+                timeout = 1.0 if ino is None else 10.0
                 if ino is not None:
-                    for t in tailers:
+                    for t in files:
                         ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
                         ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
                     fds.append(ino.fd)
-                    timeout = 10.0
-                else:
-                    timeout = 1.0
-                if any(t.more for t in tailers):
+                if any(s.more for s in sources):
                     timeout = 0.0                   # a bounded read left more to read
                 elif runner.busy():
                     timeout = 0.05
-                elif any(t.retired for t in tailers):
+                elif any(t.retired for t in files):
                     timeout = min(timeout, RETIRED_GRACE / 4)
                 elif self.dirty:
                     timeout = 0.5
@@ -3933,26 +3936,27 @@ class App:
                 if ino is not None and ino.fd in ready:
                     ino.drain()
                 if wake_r in ready:
-                    try:
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(wake_r, 512):
                             pass
-                    except (BlockingIOError, InterruptedError):
-                        pass
         finally:
-            runner.wait_all(timeout=10 if not opts.once else None)
+            runner.wait_all(timeout=None if finite else 10)
             runner.close()
+            with self.state_lock:
+                self.state.update(kept)
             self.dirty = True
-            self.save_state(tailers, force=True)        # the commit: then --once delivers
-            if opts.once:
+            self.save_state(files, force=True)          # the commit: then a finite run delivers
+            if finite:
                 self.finish_delivery(time.monotonic() + 60)
                 self.dirty = True
-                self.save_state(tailers, force=True)
-            for t in tailers:
-                t.close()
+                self.save_state(files, force=True)      # tweet numbers, user ids, budget use
+            for src in sources:
+                src.close()
             if ino is not None:
                 ino.close()
-            LOG.info("stopped after %d characters of new lines, %d matches", sentinel.bytes, sentinel.matches)
-        return EX_FAIL if (opts.once and runner.failures) else EX_OK
+            (LOG.info if files else LOG.debug)("stopped after %d characters of new lines, %d matches",
+                                               sentinel.bytes, sentinel.matches)
+        return EX_FAIL if (finite and runner.failures) else EX_OK
 
 
 # -- one-shot commands -------------------------------------------------------
