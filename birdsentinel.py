@@ -167,7 +167,7 @@ MAX_QUEUED_ACTIONS = 10000    # actions waiting for a free child slot
 MAX_QUEUED_BYTES = 8 << 20    # and their standard input, in bytes
 OUTBOX_ENTRIES = 10000        # a week of X's 1,440 DMs a day; past it alerts are counted, not kept
 OUTBOX_BYTES = 20 << 20
-MAX_POLL_READ = 1 << 20       # bytes read from one file per poll: then save, check signals, go on
+MAX_POLL_READ = 4 << 20       # bytes read from a source per poll: then save, check signals, go on
 CHILD_TIMEOUT = 60.0          # seconds before a child is killed
 PIPE_STALL = 5.0              # seconds a keep_open pipe may stay full before its reader is killed
 CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -304,8 +304,6 @@ def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
 
 def normalize_parameters(params: Iterable[Tuple[str, str]]) -> str:
     """RFC 5849 section 3.4.1.3.2."""
-    # 1. encode names and values; 2. sort by name, then value;
-    # 3. join each name and value with '='; 4. join the pairs with '&'.
     encoded = sorted((percent_encode(k), percent_encode(v)) for k, v in params)
     return "&".join("%s=%s" % kv for kv in encoded)
 
@@ -412,9 +410,6 @@ class Template:
         if pos < len(text):
             parts.append((False, text[pos:]))
         return parts
-
-    def has_variables(self) -> bool:
-        return any(v for v, _ in self.parts)
 
     def head(self) -> str:
         """The literal text before the first variable."""
@@ -731,22 +726,19 @@ class MatchPlan:
     # the flag is set), so most rules are skipped without running a regex
 
 
-def rule_check(rule: Rule) -> Optional[Tuple[Tuple[str, ...], bool]]:
-    p = rule.pattern
-    if p.any_of:
-        return None
-    t = next(t for t in p.terms if not t.negated)
-    if t.regex.flags & re.VERBOSE:
-        return None
-    lits = required_literals(t.regex.pattern)
+def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
+    """(literals one of which every match contains, casefolded when the
+    term ignores case; that flag), or None when it has none we can use."""
     ci = bool(t.regex.flags & re.IGNORECASE)
+    lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
     if not lits or (ci and not all(x.isascii() for x in lits)):
         return None
     return tuple(x.casefold() if ci else x for x in lits), ci
 
 
 def build_plan(rules: Sequence[Rule]) -> MatchPlan:
-    checks = tuple(rule_check(r) for r in rules)
+    checks = tuple(None if r.pattern.any_of else term_literals(next(t for t in r.pattern.terms if not t.negated))
+                   for r in rules)
     literals: List[Tuple[str, bool]] = []
     rest: List[Term] = []
     for r in rules:
@@ -756,12 +748,11 @@ def build_plan(rules: Sequence[Rule]) -> MatchPlan:
         if p.any_of and any(t.negated for t in p.terms):
             return MatchPlan((), None, True, checks)
         for t in [t for t in p.terms if not t.negated][: None if p.any_of else 1]:
-            ci = bool(t.regex.flags & re.IGNORECASE)
-            lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
-            if lits and (not ci or all(x.isascii() for x in lits)):
-                literals.extend((x.casefold() if ci else x, ci) for x in lits)
-            else:
+            found = term_literals(t)
+            if found is None:
                 rest.append(t)
+            else:
+                literals.extend((x, found[1]) for x in found[0])
     regex = None
     if rest:
         regex = combine_terms(rest)
@@ -969,7 +960,7 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
                                       "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
                                       "the rest (inside '...' nothing is substituted)")
         templates.append(Template.from_segments(w))
-    if templates[0].has_variables():
+    if templates[0].variables():
         raise ConfigError(path, lineno, "the program of %s comes from the log line: %s"
                           % (what, "".join(t for t, _ in words[0])),
                           "name a fixed program and pass the line as an argument")
@@ -1019,76 +1010,62 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     if "@@" in value:
         raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
                           "replace the @@...@@ placeholders with real values")
-    if key in ("exec", "pipe"):
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
-        if opts.get("keep_open") is None and re.search(r"(^|,)\s*keep_open\s*$", rest, re.I):
-            rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
-        argv = parse_command(rest, path, lineno, key)
-        return Action(key, lineno, argv=argv, when=opt_when(opts, path, lineno),
-                      message=opt_message(opts), keep_open=opts.get("keep_open", "0") not in ("0", "", "no"),
-                      raw=opts.get("raw", "0") not in ("0", "", "no"))
-    if key == "echo":
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
-        modes = tuple(m.lower() for m in re.split(r"[\s,]+", rest) if m)
-        bad = [m for m in modes if m not in ECHO_MODES]
-        if bad:
-            raise ConfigError(path, lineno, "unknown echo mode %r" % bad[0],
-                              "echo takes modes like normal, bold, red; to print other text use echo,message=TEXT")
-        return Action("echo", lineno, modes=modes, when=opt_when(opts, path, lineno), message=opt_message(opts))
-    if key == "bell":
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
-        return Action("bell", lineno, count=parse_int(rest or "1", "bell", path, lineno, 1),
-                      when=opt_when(opts, path, lineno))
+    if key in ("continue", "quit"):
+        if value:
+            raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value),
+                              "write %s alone on its line" % key)
+        return Action(key, lineno)
     if key == "mail":
         bare, opts = split_commas(value)
         unknown = set(opts) - {"addresses", "subject", "mailer", "when", "message"}
         if unknown:
             raise ConfigError(path, lineno, "unknown mail option %s" % sorted(unknown)[0],
                               "mail takes addresses=, subject=, mailer=, when=, message=")
+    else:
+        rest, opts = split_options(value, ACTION_OPTION_KEYS)
+    when = parse_when(opts["when"], path, lineno) if "when" in opts else None
+    message = None
+    if "message" in opts:
+        message = Template.parse(unquote_value(opts["message"]).replace("\\n", "\n"))
+    if key in ("exec", "pipe"):
+        if opts.get("keep_open") is None and re.search(r"(^|,)\s*keep_open\s*$", rest, re.I):
+            rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
+        return Action(key, lineno, argv=parse_command(rest, path, lineno, key), when=when, message=message,
+                      keep_open=opts.get("keep_open", "0") not in ("0", "", "no"),
+                      raw=opts.get("raw", "0") not in ("0", "", "no"))
+    if key == "echo":
+        modes = tuple(m.lower() for m in re.split(r"[\s,]+", rest) if m)
+        bad = [m for m in modes if m not in ECHO_MODES]
+        if bad:
+            raise ConfigError(path, lineno, "unknown echo mode %r" % bad[0],
+                              "echo takes modes like normal, bold, red; to print other text use echo,message=TEXT")
+        return Action("echo", lineno, modes=modes, when=when, message=message)
+    if key == "bell":
+        return Action("bell", lineno, count=parse_int(rest or "1", "bell", path, lineno, 1), when=when)
+    if key == "mail":
         addrs = opts.get("addresses") or ":".join(bare)
         recipients = tuple(a.strip() for a in addrs.split(":") if a.strip())
         mailer = parse_command(opts["mailer"], path, lineno, "mailer") if "mailer" in opts else ()
-        return Action("mail", lineno, recipients=recipients, argv=mailer,
-                      subject=Template.parse(opts.get("subject", "birdsentinel alert")),
-                      message=opt_message(opts), when=opt_when(opts, path, lineno))
+        return Action("mail", lineno, recipients=recipients, argv=mailer, when=when, message=message,
+                      subject=Template.parse(opts.get("subject", "birdsentinel alert")))
     if key == "write":
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
         users = tuple(u for u in re.split(r"[:\s,]+", rest) if u)
         if not users:
             raise ConfigError(path, lineno, "write needs a user", "e.g. write root:admin")
-        return Action("write", lineno, recipients=users, when=opt_when(opts, path, lineno),
-                      message=opt_message(opts))
+        return Action("write", lineno, recipients=users, when=when, message=message)
     if key == "dm":
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
         recips = tuple(r for r in re.split(r"[\s,]+", rest) if r)
         for r in recips:
             if not (USER_ID_RE.match(r) or (r.startswith("@") and HANDLE_RE.match(r))):
                 raise ConfigError(path, lineno, "bad DM recipient %r" % r,
                                   "use @handle (1-15 letters, digits, _) or a numeric user id")
-        return Action("dm", lineno, recipients=recips, when=opt_when(opts, path, lineno),
-                      message=opt_message(opts))
+        return Action("dm", lineno, recipients=recips, when=when, message=message)
     if key == "tweet":
-        rest, opts = split_options(value, ACTION_OPTION_KEYS)
         if rest:
             raise ConfigError(path, lineno, "unexpected %r after tweet" % rest, "tweet takes options only, e.g. tweet,defang=no")
-        return Action("tweet", lineno, when=opt_when(opts, path, lineno), message=opt_message(opts),
+        return Action("tweet", lineno, when=when, message=message,
                       defang=opts.get("defang", "yes").lower() not in ("no", "0", "off", "false"))
-    if key in ("continue", "quit"):
-        if value:
-            raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value),
-                              "write %s alone on its line" % key)
-        return Action(key, lineno)
     raise AssertionError(key)
-
-
-def opt_when(opts: Dict[str, str], path: str, lineno: int) -> Optional[When]:
-    return parse_when(opts["when"], path, lineno) if "when" in opts else None
-
-
-def opt_message(opts: Dict[str, str]) -> Optional[Template]:
-    if "message" not in opts:
-        return None
-    return Template.parse(unquote_value(opts["message"]).replace("\\n", "\n"))
 
 
 def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
@@ -1288,8 +1265,7 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
     """Return (act?, new bucket).  With count=2 seconds=5 and one event a
     second: limit acts on 0,1,5,6,10,11; threshold on 1,3,6,8,11; both on 1,6,11."""
-    expired = bucket is None or bucket[0] + th.seconds <= now or now < bucket[0]
-    if expired:
+    if bucket is None or threshold_expired(bucket, now, th):
         first, events = now, 1
     else:
         first, events = bucket[0], bucket[1] + 1
@@ -1307,17 +1283,14 @@ def throttle_fires(rec: Optional[List[float]], now: float, th: Throttle) -> Tupl
     suppressed until one arrives after LAST + delay, which acts with
     ' (seen N times)'.  With threshold=N: act on every N-th event (at most
     once per delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
-    if th.threshold:
-        last, count = (rec if rec is not None else [-1e18, 0])
-        count += 1
-        if count >= th.threshold and (now > last + th.delay or now < last):
-            return True, " (threshold %d exceeded)" % th.threshold, [now, 0]
-        return False, "", [last, count]
-    if rec is None:
+    if rec is None and not th.threshold:
         return True, "", [now, 1]
-    last, count = rec
+    last, count = rec if rec is not None else [-1e18, 0]
     count += 1
-    if now > last + th.delay or now < last:
+    due = now > last + th.delay or now < last
+    if due and th.threshold and count >= th.threshold:
+        return True, " (threshold %d exceeded)" % th.threshold, [now, 0]
+    if due and not th.threshold:
         return True, " (seen %d times)" % count, [now, 0]
     return False, "", [last, count]
 
@@ -1504,16 +1477,12 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
 
 
 def fsync_dir(directory: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -1528,10 +1497,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     fsync_dir(directory)
 
@@ -1595,11 +1562,9 @@ def remove_stale_temp_files(directory: str) -> None:
     for name in names:
         if name.startswith(".birdsentinel-") and name.endswith(".tmp"):
             path = os.path.join(directory, name)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 check_ours(os.lstat(path), path)
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
 
 
 def new_state() -> Dict[str, Any]:
@@ -1641,10 +1606,8 @@ class StateStore:
         except (ValueError, UnicodeDecodeError) as exc:
             LOG.error("state file %s is corrupt (%s): each file restarts from its end; "
                       "the bad copy is kept as %s.corrupt", self.path, str(exc)[:80], self.path)
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(self.path, self.path + ".corrupt")
-            except OSError:
-                pass
             return new_state(), False
         base = new_state()
         base.update(data)
@@ -1972,9 +1935,7 @@ class LineSplitter:
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
         self.name = name
         self.max_line = max_line
-        self.pending = b""
-        self.discarding = False
-        self.discarded = 0
+        self.reset()
 
     def feed(self, chunk: bytes) -> str:
         """Return the complete lines this chunk finishes, as text."""
@@ -1991,20 +1952,15 @@ class LineSplitter:
             chunk = chunk[nl + 1:]
         data = self.pending + chunk if self.pending else chunk
         last = data.rfind(b"\n")
-        if last >= 0:
-            out.append(data[:last + 1])
-            rest = data[last + 1:]
-        else:
-            rest = data
-        if len(rest) > self.max_line:            # memory stays bounded
-            self.pending = bytes(rest[:self.max_line])
-            self.discarding = True
-            self.discarded = len(rest) - self.max_line
-        else:
-            self.pending = bytes(rest)
-        if not out:
+        out.append(data[:last + 1])
+        rest = data[last + 1:]
+        self.pending = bytes(rest[:self.max_line])          # memory stays bounded
+        self.discarded = max(len(rest) - self.max_line, 0)
+        self.discarding = self.discarded > 0
+        block = b"".join(out)
+        if not block:
             return ""
-        block = self._cut_long_lines(b"".join(out))
+        block = self._cut_long_lines(block)
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
         return block.decode("utf-8", "replace")
@@ -2113,8 +2069,7 @@ class FileTailer:
         self.started = True
         saved, self.saved = self.saved, None
         if saved is None:
-            pos = st.st_size if self.start_at_end else 0
-            self.cur = self._handle(fd, st, pos)
+            self.cur = self._handle(fd, st, st.st_size if self.start_at_end else 0)
             return
         if saved.get("ino") is None:              # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
@@ -2131,7 +2086,6 @@ class FileTailer:
                 offset = 0
             self.cur = self._handle(fd, st, offset)
             return
-        # The path holds other content than when we stopped: it was rotated.
         why = "copied and truncated" if same_inode else "rotated"
         LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
                     "the new one from the start", self.path, why)
@@ -2164,23 +2118,15 @@ class FileTailer:
                 break
             if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
                 by_bytes.append((st.st_mtime, cand))
-        chosen = by_inode
-        if chosen is None:
-            for _mtime, cand in sorted(by_bytes, reverse=True):
-                try:
-                    fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-                except OSError:
-                    continue
-                same = fingerprint(fd, fp_length(fp_saved)) == fp_saved
-                os.close(fd)
-                if same:
-                    chosen = cand
-                    break
-        if chosen is None:
-            return
-        try:
-            fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
+        for chosen in [by_inode] if by_inode else [cand for _mtime, cand in sorted(by_bytes, reverse=True)]:
+            try:
+                fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if chosen == by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
+                break
+            os.close(fd)
+        else:
             return
         st = os.fstat(fd)
         offset = int(saved.get("offset", 0))
@@ -2255,19 +2201,14 @@ class FileTailer:
                 if opened is not None:
                     LOG.info("%s appeared: reading it from the start", self.path)
                     self.cur = self._handle(opened[0], opened[1], 0)
-            if self.cur is None:
-                return total
-            total += self._drain(self.cur)
-            return total
+            return total + (self._drain(self.cur) if self.cur is not None else 0)
         h = self.cur
         size = os.fstat(h.fd).st_size
         if size < h.pos:
-            # copytruncate, or ': > file'
             LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
                         "reading from the start", self.path, h.pos, size)
             self._restart_at_zero(h)
         elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            # truncated, then written past our offset before we looked
             LOG.warning("%s was truncated and rewritten (its first bytes changed): "
                         "reading from the start", self.path)
             self._restart_at_zero(h)
@@ -2312,10 +2253,8 @@ class FileTailer:
 
     def close(self) -> None:
         for h in self.retired + ([self.cur] if self.cur else []):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(h.fd)
-            except OSError:
-                pass
         self.retired, self.cur = [], None
 
 class StreamSource:
@@ -2462,11 +2401,9 @@ def check_api_base(url: str) -> str:
     """https anywhere; plain http only to a loopback address (tests)."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme == "https" and host:
+    if host and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
         return url.rstrip("/")
     if parts.scheme == "http" and host:
-        if is_loopback(url):
-            return url.rstrip("/")
         raise BirdError("refusing plain http API base %s: credentials would cross the network "
                         "unencrypted; use https (http is allowed only for loopback)" % url)
     raise BirdError("bad API base %r: give https://host" % url)
@@ -2592,10 +2529,8 @@ class XClient:
             raise XNetworkError("connection to %s broke while reading the answer: %s"
                                 % (host, sanitize(str(exc))[:200])) from None
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 resp.close()
-            except Exception:
-                pass
         hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
         return XResponse(int(status), hdrs, body)
 
@@ -2609,12 +2544,9 @@ class XClient:
 
     def user(self, to: str, fields: str = "") -> XResponse:
         """Look up @handle, a numeric id, or (to == "") the account itself."""
-        query = {"user.fields": fields} if fields else None
-        if not to:
-            return self.call("GET", "/2/users/me", query=query)
-        if USER_ID_RE.match(to):
-            return self.call("GET", "/2/users/%s" % to, query=query)
-        return self.call("GET", "/2/users/by/username/%s" % urllib.parse.quote(to.lstrip("@")), query=query)
+        path = ("/2/users/me" if not to else "/2/users/" + to if USER_ID_RE.match(to)
+                else "/2/users/by/username/" + urllib.parse.quote(to.lstrip("@")))
+        return self.call("GET", path, query={"user.fields": fields} if fields else None)
 
     def request_token(self) -> XResponse:
         return self.call("POST", "/oauth/request_token", token=("", ""),
@@ -2894,8 +2826,7 @@ class Deliverer:
                 sent = self.state["sent"][kind]
                 sent[:] = [min(t, now) for t in sent]
                 self.state["spend"] = [[min(t, now), u] for t, u in self.state["spend"]]
-                allowed, free_at = budget_allowance(self.budget, kind, self.state["sent"][kind],
-                                                    self.state["spend"], now, price)
+                allowed, free_at = budget_allowance(self.budget, kind, sent, self.state["spend"], now, price)
             if allowed <= 0:
                 if self.held_logged.get(kind) != free_at:
                     LOG.warning("budget: holding %d %s alert(s) until %s; the first message then "
@@ -3022,16 +2953,13 @@ class ActionRunner:
     def __init__(self, out: Any, *, dry_run: bool = False, daemon: bool = False, hostname: str = "",
                  outbox: Optional[Outbox] = None, on_enqueue: Callable[[], None] = lambda: None,
                  state: Optional[Dict[str, Any]] = None, state_lock: Optional[threading.RLock] = None,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 max_children: int = MAX_CHILDREN, child_timeout: float = CHILD_TIMEOUT,
-                 popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.out, self.dry_run, self.daemon = out, dry_run, daemon
         self.hostname = hostname or socket.gethostname().split(".")[0]
         self.outbox, self.on_enqueue = outbox, on_enqueue
         self.state = state if state is not None else new_state()
         self.state_lock = state_lock or threading.RLock()
         self.clock, self.monotonic = clock, monotonic
-        self.max_children, self.child_timeout, self.popen = max_children, child_timeout, popen
         self.children: List[Child] = []
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
@@ -3068,19 +2996,15 @@ class ActionRunner:
     def write_out(self, text: str) -> None:
         if self.daemon:
             return
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.out.write(text)
-        except (OSError, ValueError):
-            pass
 
     def flush(self) -> None:
         """After each block of lines: output appears at once, but is not
         flushed line by line."""
         if not self.daemon:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self.out.flush()
-            except (OSError, ValueError):
-                pass
 
     def echo(self, message: str, modes: Sequence[str]) -> None:
         text = sanitize(message)
@@ -3102,9 +3026,7 @@ class ActionRunner:
         pipe = self.pipes.get(key)
         if pipe is None or pipe.proc.poll() is not None:
             try:
-                pipe = self.pipes[key] = PipeWriter(self.popen(
-                    argv, stdin=subprocess.PIPE, stdout=self._child_out(), stderr=self._child_out(),
-                    close_fds=True, env=self.child_env))
+                pipe = self.pipes[key] = PipeWriter(self._popen(argv, subprocess.PIPE))
             except OSError as exc:
                 self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
                 return
@@ -3137,14 +3059,15 @@ class ActionRunner:
         self.on_enqueue()
 
     # -- children --------------------------------------------------------
-    def _child_out(self) -> Any:
-        return subprocess.DEVNULL if self.daemon else None
+    def _popen(self, argv: List[str], stdin: int) -> subprocess.Popen:
+        out = subprocess.DEVNULL if self.daemon else None
+        return subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=out, close_fds=True, env=self.child_env)
 
     def spawn(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
         if self.dry_run:
             self.write_out("would run: %s\n" % sanitize(shlex.join(argv)))
             return
-        if len(self.children) >= self.max_children:
+        if len(self.children) >= MAX_CHILDREN:
             size = len(stdin or b"") + sum(map(len, argv))
             if len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES:
                 self.failed("%d actions already wait for a free slot: dropped %s %s"
@@ -3157,9 +3080,7 @@ class ActionRunner:
 
     def _start(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
         try:
-            proc = self.popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                              stdout=self._child_out(), stderr=self._child_out(), close_fds=True,
-                              env=self.child_env)
+            proc = self._popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
         except OSError as exc:
             self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
             return
@@ -3175,10 +3096,10 @@ class ActionRunner:
         now = self.monotonic()
         for c in list(self.children):
             rc = c.proc.poll()
-            if rc is None and now - c.started > self.child_timeout:
+            if rc is None and now - c.started > CHILD_TIMEOUT:
                 c.proc.kill()
                 rc = c.proc.wait()
-                self.failed("%s ran longer than %.0f s: killed" % (c.what, self.child_timeout))
+                self.failed("%s ran longer than %.0f s: killed" % (c.what, CHILD_TIMEOUT))
             elif rc is not None and rc != 0:
                 self.failed("%s exited with status %d" % (c.what, rc))
             if rc is not None:
@@ -3189,7 +3110,7 @@ class ActionRunner:
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
                             "started again at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped))
                 del self.pipes[key]
-        while self.waiting and len(self.children) < self.max_children:
+        while self.waiting and len(self.children) < MAX_CHILDREN:
             argv, stdin, what = self.waiting.popleft()
             self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
             self._start(argv, stdin, what)
@@ -3198,7 +3119,7 @@ class ActionRunner:
         return bool(self.children or self.waiting or any(p.full_since for p in self.pipes.values()))
 
     def wait_all(self, timeout: Optional[float] = None) -> None:
-        limit = self.monotonic() + (timeout if timeout is not None else self.child_timeout + 5)
+        limit = self.monotonic() + (timeout if timeout is not None else CHILD_TIMEOUT + 5)
         while self.busy() and self.monotonic() < limit:
             self.reap()
             if self.busy():
@@ -3255,12 +3176,10 @@ def child_env(env: Any) -> Dict[str, str]:
 
 
 def feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         assert proc.stdin is not None
         proc.stdin.write(data)
         proc.stdin.close()
-    except (OSError, ValueError):
-        pass
 
 
 def current_user() -> str:
@@ -3272,10 +3191,7 @@ def current_user() -> str:
 
 
 def find_sendmail() -> str:
-    for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail"):
-        if os.path.exists(p):
-            return p
-    return "/usr/sbin/sendmail"
+    return next((p for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail") if os.path.exists(p)), "/usr/sbin/sendmail")
 
 
 # ==== Sentinel loop ==========================================================
@@ -3338,18 +3254,11 @@ class Sentinel:
         """A block of complete lines, each ending in a newline."""
         self.bytes += len(text)
         starts = candidate_lines(self.plan, text)
-        if starts is None:
-            for line in text.split("\n")[:-1]:
-                self.process_line(line)
-                if self.quit:
-                    break
-        else:
-            find = text.find
-            for start in starts:
-                end = find("\n", start)
-                self.process_line(text[start:end if end >= 0 else len(text)])
-                if self.quit:
-                    break
+        lines = text.split("\n")[:-1] if starts is None else (text[s:text.find("\n", s)] for s in starts)
+        for line in lines:
+            self.process_line(line)
+            if self.quit:
+                break
         self.runner.flush()
 
     def is_own_line(self, line: str) -> bool:
@@ -3370,16 +3279,10 @@ class Sentinel:
                     continue
             elif check is not None:
                 lits, ci = check
-                if ci:
-                    if folded is None:
-                        folded = line.casefold()
-                    hay = folded
-                else:
-                    hay = line
-                for lit in lits:
-                    if lit in hay:
-                        break
-                else:
+                if ci and folded is None:
+                    folded = line.casefold()
+                hay = folded if ci else line
+                if not any(lit in hay for lit in lits):
                     continue                        # cannot match: skip the regex
             m = rule.pattern.match(line)
             if m is None:
@@ -3450,11 +3353,9 @@ class Inotify:
             self.watched[path] = (mask, ident)
 
     def drain(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
             while os.read(self.fd, 65536):
                 pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def close(self) -> None:
         os.close(self.fd)
@@ -3521,10 +3422,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def default_config_path(home: str) -> str:
-    for name in (".swatchdogrc", ".swatchrc"):
-        if os.path.exists(os.path.join(home, name)):
-            return os.path.join(home, name)
-    return os.path.join(home, ".swatchdogrc")
+    paths = [os.path.join(home, name) for name in (".swatchdogrc", ".swatchrc")]
+    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 def default_script_dir(env: Dict[str, str]) -> str:
@@ -3538,33 +3437,27 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     errors reach the terminal or init script.  Then: --log-file, or for a
     daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
     logging to syslog, whose lines may come back in a watched file."""
-    level = logging.WARNING if opts.check else logging.INFO
-    if opts.verbose:
-        level = logging.DEBUG
-    LOG.setLevel(level)
+    LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
     LOG.propagate = False
     for h in list(LOG.handlers):
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
-    file_format = "%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"
     syslog = False
     log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
     if started and (opts.log_file or daemon):
         import logging.handlers as loghandlers      # local name: 'logging' stays the module
     try:
-        if started and opts.log_file:
-            handler = loghandlers.WatchedFileHandler(opts.log_file)
-            handler.setFormatter(logging.Formatter(file_format))
-        elif started and daemon and os.path.exists("/dev/log"):
+        if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
             handler = loghandlers.SysLogHandler(address="/dev/log",
                                                      facility=loghandlers.SysLogHandler.LOG_DAEMON)
             handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
             syslog = True
-        elif started and daemon and log_file:
-            os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+        elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
+            if not opts.log_file:
+                os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
             handler = loghandlers.WatchedFileHandler(log_file)
-            handler.setFormatter(logging.Formatter(file_format))
+            handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
         else:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
@@ -3589,12 +3482,7 @@ def daemonize() -> int:
     r, w = os.pipe()
     if os.fork() > 0:
         os.close(w)
-        report = b""
-        while True:
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            report += chunk
+        report = b"".join(iter(lambda: os.read(r, 4096), b""))
         if report == b"ok":
             os._exit(EX_OK)
         sys.stderr.write(report.decode("utf-8", "replace") or "birdsentinel: the daemon died while starting\n")
@@ -3707,10 +3595,8 @@ class App:
     def state_changed(self) -> None:
         """The sender changed the state: wake the loop, which saves it."""
         self.dirty = True
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             os.write(self.wake_w, b"s")
-        except (OSError, AttributeError):
-            pass
 
     def save_state(self, tailers: Sequence[FileTailer], force: bool = False) -> None:
         """The commit point: the outbox's new entries reach the disk, then
@@ -3829,12 +3715,9 @@ class App:
             if self.sender is not None:         # a send in flight is the one duplicate a kill may cost
                 self.sender.join(timeout=1.0)
             if opts.pid_file and not opts.once:
-                try:
-                    with open(opts.pid_file) as fh:
-                        if fh.read().strip() == str(os.getpid()):
-                            os.unlink(opts.pid_file)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError), open(opts.pid_file) as fh:
+                    if fh.read().strip() == str(os.getpid()):
+                        os.unlink(opts.pid_file)
 
     def finish_delivery(self, deadline: float) -> None:
         """--once, --examine: send what can go now, without waiting."""

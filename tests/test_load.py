@@ -259,7 +259,7 @@ def test_sigterm_within_a_second_under_a_burst(daemon, tmp_path):
     assert off is not None and 0 < off <= size, (off, size)
     assert echoed == list(range(len(echoed))), "echoed out of order or with gaps"
     processed = echoed[-1] * BLOCK + LEN                         # at least up to the last echoed line
-    assert off >= processed - (1 << 20) - (1 << 16), "offset %d lags %d processed" % (off, processed)
+    assert off >= processed - bs.MAX_POLL_READ - (1 << 16), "offset %d lags %d processed" % (off, processed)
     assert off <= len(echoed) * BLOCK, "the saved offset covers a hit line never echoed"
     os.unlink(log)          # its dirty pages would slow every fsync of the tests after this one
 
