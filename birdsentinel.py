@@ -661,21 +661,14 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
 # one, with one combined regex; only the lines found are matched against
 # the rules, in order.
 
-def regex_parser() -> Any:
-    """The standard library's regex parser: re._parser from Python 3.11 on,
-    sre_parse before.  Read only, for the literals below."""
-    try:
-        import re._parser as parser                 # type: ignore[import]
-    except ImportError:                             # Python 3.9, 3.10
-        import sre_parse as parser                  # type: ignore[import,no-redef]
-    return parser
-
-
 def required_literals(src: str, min_len: int = 3) -> List[str]:
     """Literals of which every match of the regex `src` contains at least
     one, read from its parse tree, or [] when none is min_len long.  A
     pattern the parser cannot read is still matched, only without them."""
-    p = regex_parser()
+    try:                                            # the standard library's parser, read only
+        import re._parser as p                      # type: ignore[import]
+    except ImportError:                             # Python 3.9, 3.10
+        import sre_parse as p                       # type: ignore[import,no-redef]
     try:
         best = _literal_set(p, p.parse(src))
     except Exception:                               # e.g. a parser of another version
@@ -1476,15 +1469,6 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
 # fsync of the directory): a crash leaves the old file or the new one.
 
 
-def fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace path with data so that a crash leaves either file whole."""
     directory = os.path.dirname(path) or "."
@@ -1500,7 +1484,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    with contextlib.suppress(OSError):              # the rename itself reaches the disk
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
@@ -1722,11 +1711,10 @@ class Outbox:
                 raise StateError("cannot read outbox %s: %s" % (self.path, exc.strerror)) from None
             lost = entries.pop(0, {}).get("counts", {})
             self.lost = {k: dict(v) for k, v in lost.items() if isinstance(v, dict)}
-            late = [i for i, e in entries.items() if committed is not None and i > committed and not e.get("c")]
-            for i in late:
-                del entries[i]
+            late = {i for i, e in entries.items() if committed is not None and i > committed and not e.get("c")}
             for e in entries.values():
-                self._keep(e)
+                if e["id"] not in late:
+                    self._keep(e)
             self.next_id = max(self.next_id, last_id + 1)
             self.committed = committed
             self.lost_changed = False
@@ -1756,7 +1744,7 @@ class Outbox:
             finally:
                 os.close(fd)
             self.journal_bytes += len(data)
-            self.unsynced = self.unsynced or not sync
+            self.unsynced = not sync
             self._wrote()
         except OSError as exc:
             self._wrote(exc)
@@ -1764,19 +1752,9 @@ class Outbox:
     def sync(self) -> None:
         """Make the appends durable (once a poll, and for each done record)."""
         with self.lock:
-            if self.lost_changed:
-                self.lost_changed = False
-                self._append([{"op": "lost", "id": 0, "counts": self.lost}])
-            if self.unsynced and self.do_fsync:
-                try:
-                    fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                except OSError as exc:
-                    self._wrote(exc)
-            self.unsynced = False
+            if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
+                lost, self.lost_changed = self.lost_changed, False
+                self._append([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
 
     def _wrote(self, exc: Optional[OSError] = None) -> None:
         """Say once when writing starts failing, and once when it works again."""
@@ -1872,13 +1850,10 @@ class Outbox:
             if self.journal_bytes > 2 * self.text_bytes + 200 * len(self.entries) + (1 << 20):
                 self.compact()              # most of the journal is done records
 
-    def take_lost(self, kind: str, to: str) -> Dict[str, int]:
-        """The counts of alerts not kept for this recipient, once."""
+    def take_lost(self, kind: str, to: str) -> None:
+        """The count of alerts not kept for this recipient was sent."""
         with self.lock:
-            counts = self.lost.pop("%s %s" % (kind, to), {})
-            if counts:
-                self.lost_changed = True
-            return counts
+            self.lost_changed = self.lost.pop("%s %s" % (kind, to), None) is not None or self.lost_changed
 
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
@@ -2134,7 +2109,8 @@ class FileTailer:
             offset = 0
         LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
         h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
-        self._drain(h)
+        while self._drain(h):                       # all of it: the file is not looked at again
+            pass
         self._flush_partial(h)
         os.close(fd)
 
@@ -2180,6 +2156,8 @@ class FileTailer:
         self.retired.append(h)
         while len(self.retired) > 4:
             old = self.retired.pop(0)
+            while self._drain(old):                 # a bounded poll may have left some of it
+                pass
             self._flush_partial(old)
             os.close(old.fd)
 
@@ -2409,15 +2387,11 @@ def check_api_base(url: str) -> str:
     raise BirdError("bad API base %r: give https://host" % url)
 
 
-def api_base_of(opts: Any, env: Dict[str, str]) -> str:
-    """--api-base, else $BIRDSENTINEL_API_BASE, else X's own; checked."""
-    return check_api_base(opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE)
-
-
 def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
                 opener: Optional[Callable[..., Any]] = None) -> "XClient":
     """The one place a client is made from the command line's options."""
-    return XClient(load_credentials(opts.twitter_dir, env, need_token), api_base_of(opts, env),
+    base = opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE     # checked by XClient
+    return XClient(load_credentials(opts.twitter_dir, env, need_token), base,
                    opener=opener, ca_file=opts.ca_file)
 
 
@@ -2849,23 +2823,16 @@ class Deliverer:
         if kind == "dm" and to_id is None:
             return
         lost = self.outbox.lost.get("%s %s" % (kind, entry["to"]))
-        if lost:                                    # first say what the full outbox did not keep
-            text = "birdsentinel: %d alert(s) were not kept while the outbox was full: %s" % (
-                sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
-            for part in entry_parts(dict(entry, text=text))[:allowed]:
-                resp = self.client.send_dm(to_id or "", part) if kind == "dm" else self.client.post_tweet(part)
-                if self.handle_failure(resp, entry, "sending a %s" % kind):
-                    return
-                self._record(kind, part, self.clock())
-            self.outbox.take_lost(kind, entry["to"])
-            LOG.warning("sent the count of %d alert(s) the full outbox did not keep", sum(lost.values()))
-            return
         # the last message a window allows, or the first after holding, is a
         # digest when more wait than the window allows
         digest = allowed == 1 or kind in self.summarize_next
         self.summarize_next.discard(kind)
-        same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest else []
-        if self.outbox.count(kind) > allowed and len(same) > 1:
+        same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
+        if lost:                                    # first say what the full outbox did not keep
+            note = "birdsentinel: %d alert(s) were not kept while the outbox was full: %s" % (
+                sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
+            batch, parts = [], entry_parts(dict(entry, text=note))[:allowed]
+        elif self.outbox.count(kind) > allowed and len(same) > 1:
             lines = [e["text"] for e in same]
             if kind == "tweet":
                 lines = [defang(t) if entry.get("defang", True) else t for t in lines]
@@ -2889,8 +2856,11 @@ class Deliverer:
             if self.handle_failure(resp, entry, "sending a %s" % kind):
                 return
             self._record(kind, parts[i], self.clock())
-            if i + 1 < len(parts):                          # a restart goes on with the next part
+            if i + 1 < len(parts) and batch:                # a restart goes on with the next part
                 self.outbox.part_sent(entry, i + 1)
+        if lost:
+            self.outbox.take_lost(kind, entry["to"])
+            LOG.warning("sent the count of %d alert(s) the full outbox did not keep", sum(lost.values()))
         self.outbox.done([e["id"] for e in batch])
         self.attempts = 0
         if self.account_problem:
@@ -3036,7 +3006,9 @@ class ActionRunner:
         recipients = list(action.recipients) or [current_user()]
         subject = sanitize(action.subject.expand(line, match) if action.subject else "birdsentinel alert")
         body = "To: %s\nSubject: %s\n\n%s\n" % (", ".join(recipients), subject, sanitize(message))
-        argv = build_argv(action.argv, line, match) if action.argv else [find_sendmail(), "-oi", "-t"]
+        sendmail = next((p for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail") if os.path.exists(p)),
+                        "/usr/sbin/sendmail")
+        argv = build_argv(action.argv, line, match) if action.argv else [sendmail, "-oi", "-t"]
         self.spawn(argv, body.encode("utf-8"), "mail")
 
     def enqueue(self, kind: str, to: str, message: str, action: Action) -> None:
@@ -3188,10 +3160,6 @@ def current_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return "root"
-
-
-def find_sendmail() -> str:
-    return next((p for p in ("/usr/sbin/sendmail", "/usr/lib/sendmail") if os.path.exists(p)), "/usr/sbin/sendmail")
 
 
 # ==== Sentinel loop ==========================================================

@@ -568,6 +568,24 @@ def test_rotation_while_stopped_finishes_old_file_then_new_from_zero(tailers, lo
     assert c2.take() == ["Nov 26 09:00:04 host app: new file line 2"]
 
 
+def test_rotated_while_stopped_is_finished_whole_past_one_bounded_read(tailers, log):
+    """A poll reads at most MAX_POLL_READ, but a rotated file found at start
+    is not looked at again: all of it is read at once."""
+    write(log, "")
+    t1, _ = tailer(tailers, log)
+    t1.poll()
+    snap = stop(t1)
+    n = bs.MAX_POLL_READ // 50 + 1000                    # more than one bounded read of 50-byte lines
+    append(log, "".join("Nov 26 09:00:00 host app: line %020d\n" % i for i in range(n)))
+    os.rename(log, log + ".1")
+    write(log, "new file line\n")
+    t2, c2 = tailer(tailers, log, saved=snap)
+    while t2.poll():
+        pass
+    got = c2.take()
+    assert len(got) == n + 1 and got[n - 1].endswith("%020d" % (n - 1)) and got[-1] == "new file line"
+
+
 def test_copytruncate_while_stopped(tailers, log, logs):
     write(log, "")
     t1, _ = tailer(tailers, log)
