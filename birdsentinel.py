@@ -213,6 +213,7 @@ ECHO_MODES = types.MappingProxyType({
     "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47",
 })
 
+
 # ==== Errors =================================================================
 
 
@@ -352,6 +353,7 @@ def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
 def new_nonce() -> str:
     """32 hex characters: ASCII only, as X requires of oauth_nonce."""
     return os.urandom(16).hex()
+
 
 # ==== Config (swatch syntax) =================================================
 # A pure parser: text in, Config out.  Every refusal names the file and line.
@@ -651,163 +653,6 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         raise ConfigError(path, lineno, "pattern has only negated terms",
                           "add a positive /regex/ so it matches something specific")
     return Pattern(tuple(terms), ops == {"||"}, value[:pos].strip())
-
-
-# -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a
-# block of lines is searched once per rule for a literal that any match of
-# that rule must contain (str.find runs at memory speed; the literals come
-# from the regex's parse tree, inside groups too), or, for rules without
-# one, with one combined regex; only the lines found are matched against
-# the rules, in order.
-
-def required_literals(src: str, min_len: int = 3) -> List[str]:
-    """Literals of which every match of the regex `src` contains at least
-    one, read from its parse tree, or [] when none is min_len long.  A
-    pattern the parser cannot read is still matched, only without them."""
-    try:                                            # the standard library's parser, read only
-        import re._parser as p                      # type: ignore[import]
-    except ImportError:                             # Python 3.9, 3.10
-        import sre_parse as p                       # type: ignore[import,no-redef]
-    try:
-        best = _literal_set(p, p.parse(src))
-    except Exception:                               # e.g. a parser of another version
-        return []
-    return list(best) if best and min(map(len, best)) >= min_len else []
-
-
-def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
-    """The best choice in a sequence (the set whose shortest member is
-    longest): each run of plain characters, and each group, repeat (at
-    least once) or alternation (one set per branch) that gives a set."""
-    cands: List[Tuple[str, ...]] = []
-    run = ""
-    for op, av in seq:
-        if op is p.LITERAL:
-            run += chr(av)
-            continue
-        if run:
-            cands.append((run,))
-            run = ""
-        if op is p.BRANCH:
-            alts = [_literal_set(p, b) for b in av[1]]
-            if all(alts):
-                cands.append(tuple(dict.fromkeys(x for a in alts for x in a)))
-            continue
-        if op is p.SUBPATTERN and not av[1] & re.IGNORECASE:       # (?i:...) is not case-sensitive
-            got = _literal_set(p, av[-1])
-        elif op in (p.MAX_REPEAT, p.MIN_REPEAT) and av[0] >= 1:
-            got = _literal_set(p, av[2])
-        else:                                       # classes, anchors, lookarounds, optional parts
-            continue
-        if got:
-            cands.append(got)
-    if run:
-        cands.append((run,))
-    return max(cands, key=lambda c: (min(map(len, c)), -len(c)), default=())
-
-
-@dataclass(frozen=True)
-class MatchPlan:
-    """How to find the candidate lines of a block (see above)."""
-
-    literals: Tuple[Tuple[str, bool], ...]     # (literal, case-insensitive)
-    regex: Optional[re.Pattern]                # for rules without a literal
-    per_line: bool                             # neither works: try every line
-    checks: Tuple[Optional[Tuple[Tuple[str, ...], bool]], ...] = ()
-    # per rule: literals one of which its line must contain (casefolded when
-    # the flag is set), so most rules are skipped without running a regex
-
-
-def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
-    """(literals one of which every match contains, casefolded when the
-    term ignores case; that flag), or None when it has none we can use."""
-    ci = bool(t.regex.flags & re.IGNORECASE)
-    lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
-    if not lits or (ci and not all(x.isascii() for x in lits)):
-        return None
-    return tuple(x.casefold() if ci else x for x in lits), ci
-
-
-def build_plan(rules: Sequence[Rule]) -> MatchPlan:
-    checks = tuple(None if r.pattern.any_of else term_literals(next(t for t in r.pattern.terms if not t.negated))
-                   for r in rules)
-    literals: List[Tuple[str, bool]] = []
-    rest: List[Term] = []
-    for r in rules:
-        if r.kind != "watchfor":
-            continue
-        p = r.pattern
-        if p.any_of and any(t.negated for t in p.terms):
-            return MatchPlan((), None, True, checks)
-        for t in [t for t in p.terms if not t.negated][: None if p.any_of else 1]:
-            found = term_literals(t)
-            if found is None:
-                rest.append(t)
-            else:
-                literals.extend((x, found[1]) for x in found[0])
-    regex = None
-    if rest:
-        regex = combine_terms(rest)
-        if regex is None:
-            return MatchPlan((), None, True, checks)
-    return MatchPlan(tuple(dict.fromkeys(literals)), regex, False, checks)
-
-
-def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
-    """One alternation of all the terms, or None when they do not combine."""
-    alts = []
-    for t in terms:
-        src = t.regex.pattern
-        if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)", src):
-            return None                       # back-references, global flags
-        src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
-        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE))
-                     if t.regex.flags & bit)
-        alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
-    try:
-        return re.compile("|".join(alts), re.MULTILINE)
-    except (re.error, OverflowError, RecursionError):
-        return None
-
-
-def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
-    """Start offsets, in order, of the lines of `text` that some watchfor
-    may match; None: every line must be tried."""
-    if plan.per_line:
-        return None
-    starts = set()
-    lowered: Optional[str] = None
-    for lit, ci in plan.literals:
-        hay = text
-        if ci:
-            if lowered is None:
-                # casefold() maps every character that re.IGNORECASE takes
-                # for an ASCII letter (K, long s, dotted I) to that letter
-                lowered = text.casefold()
-                if len(lowered) != len(text):      # lengths changed: no shortcut
-                    return None
-            hay = lowered
-        find, rfind = hay.find, hay.rfind
-        pos = find(lit)
-        while pos >= 0:
-            starts.add(rfind("\n", 0, pos) + 1)
-            end = find("\n", pos)
-            if end < 0:
-                break
-            pos = find(lit, end + 1)
-    if plan.regex is not None:
-        pos, search = 0, plan.regex.search
-        while True:
-            m = search(text, pos)
-            if m is None or m.start() >= len(text):   # an empty match after the last line
-                break
-            starts.add(text.rfind("\n", 0, m.start()) + 1)
-            end = text.find("\n", m.start())
-            if end < 0:
-                break
-            pos = end + 1
-    return sorted(starts)
 
 
 def split_options(value: str, keys: Sequence[str]) -> Tuple[str, Dict[str, str]]:
@@ -1248,7 +1093,595 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
                           "a config is text; is this the right file?")
     return data.decode("utf-8", "replace")
 
-# ==== Thresholds =============================================================
+
+# ==== Sources ================================================================
+# Where lines come from; each source has poll() (a bounded read) and close().
+# Byte offsets; a file is (st_dev, st_ino) plus a hash of its first bytes.
+# Rotation is noticed three ways, as fail2ban does: the path names another
+# inode (rename+create, delete+create), the file is shorter than our offset
+# (truncate, copytruncate), or its first bytes changed while it kept its
+# inode and grew past our offset before we looked (copytruncate race).
+
+ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
+
+
+def fingerprint(fd: int, length: int) -> str:
+    """'N:CRC' of the first `length` bytes: enough to tell two files apart
+    (rotation), not meant to resist forgery."""
+    data = os.pread(fd, length, 0)
+    return "%d:%08x" % (len(data), zlib.crc32(data))
+
+
+def fp_length(fp: str) -> int:
+    try:
+        return int(fp.split(":", 1)[0])
+    except ValueError:
+        return 0
+
+
+class LineSplitter:
+    """Bytes in, complete lines out (as one decoded text block ending in a
+    newline).  Holds a partial last line until its newline arrives; keeps
+    only the first MAX_LINE bytes of a longer line."""
+
+    def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
+        self.name = name
+        self.max_line = max_line
+        self.reset()
+
+    def feed(self, chunk: bytes) -> str:
+        """Return the complete lines this chunk finishes, as text."""
+        out: List[bytes] = []
+        if self.discarding:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self.discarded += len(chunk)
+                return ""
+            LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
+                        self.name, self.max_line + self.discarded + nl, self.max_line)
+            out.append(self.pending + b"\n")
+            self.pending, self.discarding, self.discarded = b"", False, 0
+            chunk = chunk[nl + 1:]
+        data = self.pending + chunk if self.pending else chunk
+        last = data.rfind(b"\n")
+        out.append(data[:last + 1])
+        rest = data[last + 1:]
+        self.pending = bytes(rest[:self.max_line])          # memory stays bounded
+        self.discarded = max(len(rest) - self.max_line, 0)
+        self.discarding = self.discarded > 0
+        block = b"".join(out)
+        if not block:
+            return ""
+        block = self._cut_long_lines(block)
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+        return block.decode("utf-8", "replace")
+
+    def _cut_long_lines(self, block: bytes) -> bytes:
+        """Cut complete lines longer than max_line.  A line that long holds
+        a whole aligned stretch of max_line/2 bytes without a newline, so a
+        few short searches rule it out for ordinary blocks."""
+        step = max(self.max_line // 2, 1)
+        if len(block) <= self.max_line or all(
+                block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
+            return block
+        out, start = [], 0
+        while start < len(block):
+            end = block.find(b"\n", start)
+            if end - start > self.max_line:
+                LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
+                            self.name, end - start, self.max_line)
+                out.append(block[start:start + self.max_line] + b"\n")
+            else:
+                out.append(block[start:end + 1])
+            start = end + 1
+        return b"".join(out)
+
+    def held(self) -> int:
+        """Bytes read that belong to the unfinished last line."""
+        return len(self.pending) + self.discarded
+
+    def reset(self) -> None:
+        self.pending, self.discarding, self.discarded = b"", False, 0
+
+
+@dataclass
+class Handle:
+    """An open log file being read."""
+
+    fd: int
+    ident: Tuple[int, int]
+    pos: int                                 # next byte to read
+    offset: int                              # start of the first unfinished line
+    fp: str
+    splitter: LineSplitter
+    last_growth: float = 0.0
+
+
+class FileTailer:
+    """Follows one path across rotations without losing lines."""
+
+    def __init__(self, path: str, on_text: Callable[[str], None],
+                 saved: Optional[Dict[str, Any]] = None, start_at_end: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.on_text = on_text
+        self.clock = clock
+        self.cur: Optional[Handle] = None
+        self.retired: List[Handle] = []
+        self.saved = saved
+        self.start_at_end = start_at_end
+        self.started = False
+        self.done = False                       # a followed file never ends
+        self.more = False                       # the last poll stopped before the end
+        self.missing_logged = False
+        self.error_logged: Optional[str] = None
+
+    # -- opening ---------------------------------------------------------
+    def _open(self) -> Optional[Tuple[int, os.stat_result]]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if not self.missing_logged:
+                LOG.warning("%s does not exist (yet): waiting for it", self.path)
+                self.missing_logged = True
+            return None
+        except OSError as exc:
+            if exc.strerror != self.error_logged:
+                LOG.error("cannot read %s: %s; the other files are still watched", self.path, exc.strerror)
+                self.error_logged = exc.strerror
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
+            os.close(fd)
+            if self.error_logged != "not a file":
+                LOG.error("%s is not a regular file", self.path)
+                self.error_logged = "not a file"
+            return None
+        if self.error_logged:
+            LOG.warning("%s is readable again", self.path)
+        self.missing_logged = False
+        self.error_logged = None
+        return fd, st
+
+    def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
+        return Handle(fd, (st.st_dev, st.st_ino), pos, pos, fingerprint(fd, FINGERPRINT_LEN),
+                      LineSplitter(self.path), self.clock())
+
+    def _start(self) -> None:
+        """First open: resume from the saved offset, or begin at the end."""
+        opened = self._open()
+        if opened is None:
+            if self.saved and self.saved.get("ino") is not None:
+                self._finish_rotated_sibling(self.saved)
+            self.saved = None
+            self.start_at_end = False           # a file that appears later is all new
+            return
+        fd, st = opened
+        self.started = True
+        saved, self.saved = self.saved, None
+        if saved is None:
+            self.cur = self._handle(fd, st, st.st_size if self.start_at_end else 0)
+            return
+        if saved.get("ino") is None:              # it was gone when we stopped: all new
+            LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
+            self.cur = self._handle(fd, st, 0)
+            return
+        same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+        fp_saved = str(saved.get("fp", ""))
+        fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+        offset = int(saved.get("offset", 0))
+        if same_inode and fp_now == fp_saved:
+            if st.st_size < offset:
+                LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
+                            "truncated or tampered with; reading from the start", self.path, st.st_size, offset)
+                offset = 0
+            self.cur = self._handle(fd, st, offset)
+            return
+        why = "copied and truncated" if same_inode else "rotated"
+        LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
+                    "the new one from the start", self.path, why)
+        self._finish_rotated_sibling(saved)
+        self.cur = self._handle(fd, st, 0)
+
+    def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
+        """logtail2's rule: after a rotation while stopped, finish the old
+        file (path.1, path-DATE, ...) from the saved offset.  It is found by
+        its inode; failing that (copytruncate made a copy), by its first
+        bytes, the newest such copy, and only when those bytes were enough
+        to tell files apart."""
+        directory, base = os.path.split(self.path)
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            return
+        fp_saved = str(saved.get("fp", ""))
+        by_inode, by_bytes = None, []
+        for name in sorted(names):
+            if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
+                continue
+            cand = os.path.join(directory, name)
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
+                by_inode = cand
+                break
+            if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
+                by_bytes.append((st.st_mtime, cand))
+        for chosen in [by_inode] if by_inode else [cand for _mtime, cand in sorted(by_bytes, reverse=True)]:
+            try:
+                fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if chosen == by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
+                break
+            os.close(fd)
+        else:
+            return
+        st = os.fstat(fd)
+        offset = int(saved.get("offset", 0))
+        if st.st_size < offset:
+            offset = 0
+        LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
+        h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
+        while self._drain(h):                       # all of it: the file is not looked at again
+            pass
+        self._flush_partial(h)
+        os.close(fd)
+
+    # -- reading ---------------------------------------------------------
+    def _drain(self, h: Handle) -> int:
+        """Read what h's file has beyond h.pos, at most MAX_POLL_READ (then
+        self.more): the loop saves and looks at signals in between."""
+        total = 0
+        while True:
+            if total >= MAX_POLL_READ:
+                self.more = True
+                break
+            try:
+                chunk = os.pread(h.fd, READ_BLOCK, h.pos)
+            except OSError as exc:
+                LOG.error("cannot read %s: %s", self.path, exc.strerror)
+                return total
+            if not chunk:
+                break
+            h.pos += len(chunk)
+            total += len(chunk)
+            text = h.splitter.feed(chunk)
+            h.offset = h.pos - h.splitter.held()
+            if text:
+                self.on_text(text)
+            if len(chunk) < READ_BLOCK:
+                break
+        if total:
+            h.last_growth = self.clock()
+            if fp_length(h.fp) < FINGERPRINT_LEN:
+                h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+        return total
+
+    def _flush_partial(self, h: Handle) -> None:
+        """A rotated file will not get its last newline: emit what is held."""
+        if h.splitter.pending:
+            text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
+            h.splitter.reset()
+            self.on_text(text + "\n")
+
+    def _retire(self, h: Handle) -> None:
+        h.last_growth = self.clock()              # the grace starts at the rotation
+        self.retired.append(h)
+        while len(self.retired) > 4:
+            old = self.retired.pop(0)
+            while self._drain(old):                 # a bounded poll may have left some of it
+                pass
+            self._flush_partial(old)
+            os.close(old.fd)
+
+    def poll(self) -> int:
+        """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
+        total, self.more = 0, False
+        now = self.clock()
+        for h in list(self.retired):            # writers may still append after a rename
+            total += self._drain(h)
+            if now - h.last_growth > RETIRED_GRACE:
+                self._flush_partial(h)
+                os.close(h.fd)
+                self.retired.remove(h)
+        if self.cur is None:
+            if not self.started:
+                self._start()
+            else:
+                opened = self._open()
+                if opened is not None:
+                    LOG.info("%s appeared: reading it from the start", self.path)
+                    self.cur = self._handle(opened[0], opened[1], 0)
+            return total + (self._drain(self.cur) if self.cur is not None else 0)
+        h = self.cur
+        size = os.fstat(h.fd).st_size
+        if size < h.pos:
+            LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
+                        "reading from the start", self.path, h.pos, size)
+            self._restart_at_zero(h)
+        elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+            LOG.warning("%s was truncated and rewritten (its first bytes changed): "
+                        "reading from the start", self.path)
+            self._restart_at_zero(h)
+        total += self._drain(h)                  # the inode we hold, to its end
+        try:
+            st: Optional[os.stat_result] = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            LOG.error("cannot stat %s: %s", self.path, exc.strerror)
+            return total
+        if st is None or (st.st_dev, st.st_ino) != h.ident:
+            # rename+create (logrotate create) or delete+create: keep reading
+            # the old inode for a while, follow the new file from its start.
+            self.cur = None
+            self._retire(h)
+            if st is None:
+                LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
+            else:
+                LOG.info("%s was rotated: following the new file from its start", self.path)
+                opened = self._open()
+                if opened is not None:
+                    self.cur = self._handle(opened[0], opened[1], 0)
+                    total += self._drain(self.cur)
+        return total
+
+    def _restart_at_zero(self, h: Handle) -> None:
+        h.pos = h.offset = 0
+        h.splitter.reset()
+        h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+
+    def snapshot(self) -> Dict[str, Any]:
+        """What the state file keeps for this path.  Without a current file
+        (rotated away, or not there yet) the entry says so: whatever file
+        appears there later is read from its start."""
+        h = self.cur
+        if h is not None:
+            return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
+        if not self.started and self.saved is not None:
+            return self.saved                     # not looked at yet
+        return {"dev": None, "ino": None, "fp": "", "offset": 0}
+
+    def close(self) -> None:
+        for h in self.retired + ([self.cur] if self.cur else []):
+            with contextlib.suppress(OSError):
+                os.close(h.fd)
+        self.retired, self.cur = [], None
+
+class StreamSource:
+    """--examine FILE or --read-pipe CMD, read once to its end with the
+    poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
+
+    def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
+                 proc: Optional[subprocess.Popen] = None) -> None:
+        self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
+        self.splitter = LineSplitter(name)
+        self.done = self.more = False
+
+    def poll(self) -> int:
+        got, self.more = 0, False
+        while not self.done and (self.proc is None or select.select([self.fd], [], [], 0)[0]):
+            chunk = os.read(self.fd, READ_BLOCK)
+            got += len(chunk)
+            self.done = not chunk
+            text = self.splitter.feed(chunk) if chunk else (    # the last line may lack its newline
+                self.splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n" if self.splitter.pending else "")
+            if text:
+                self.on_text(text)
+            if got >= MAX_POLL_READ:
+                self.more = not self.done
+                break
+        return got
+
+    def close(self) -> None:
+        if self.proc is None:
+            os.close(self.fd)
+            return
+        self.proc.stdout.close()                    # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Inotify:
+    """inotify(7) through libc, so a new line wakes us at once while an
+    idle watcher costs no CPU.  Raises OSError where it is unavailable."""
+
+    IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+    IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+    IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
+    FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
+    DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):
+            raise OSError(errno.ENOSYS, "no inotify in this libc")
+        self.libc = libc
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.watched: Dict[str, Any] = {}
+
+    def watch(self, path: str, mask: int, ident: Any = None) -> None:
+        if self.watched.get(path) == (mask, ident):
+            return
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
+            self.watched[path] = (mask, ident)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 65536):
+                pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ==== Matching ===============================================================
+# Candidate lines, swatch's thresholds and throttles, and the Sentinel.
+# -- finding candidate lines fast -------------------------------------------
+# Most lines match no rule.  Rather than run every rule on every line, a
+# block of lines is searched once per rule for a literal that any match of
+# that rule must contain (str.find runs at memory speed; the literals come
+# from the regex's parse tree, inside groups too), or, for rules without
+# one, with one combined regex; only the lines found are matched against
+# the rules, in order.
+
+def required_literals(src: str, min_len: int = 3) -> List[str]:
+    """Literals of which every match of the regex `src` contains at least
+    one, read from its parse tree, or [] when none is min_len long.  A
+    pattern the parser cannot read is still matched, only without them."""
+    try:                                            # the standard library's parser, read only
+        import re._parser as p                      # type: ignore[import]
+    except ImportError:                             # Python 3.9, 3.10
+        import sre_parse as p                       # type: ignore[import,no-redef]
+    try:
+        best = _literal_set(p, p.parse(src))
+    except Exception:                               # e.g. a parser of another version
+        return []
+    return list(best) if best and min(map(len, best)) >= min_len else []
+
+
+def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
+    """The best choice in a sequence (the set whose shortest member is
+    longest): each run of plain characters, and each group, repeat (at
+    least once) or alternation (one set per branch) that gives a set."""
+    cands: List[Tuple[str, ...]] = []
+    run = ""
+    for op, av in seq:
+        if op is p.LITERAL:
+            run += chr(av)
+            continue
+        if run:
+            cands.append((run,))
+            run = ""
+        if op is p.BRANCH:
+            alts = [_literal_set(p, b) for b in av[1]]
+            if all(alts):
+                cands.append(tuple(dict.fromkeys(x for a in alts for x in a)))
+            continue
+        if op is p.SUBPATTERN and not av[1] & re.IGNORECASE:       # (?i:...) is not case-sensitive
+            got = _literal_set(p, av[-1])
+        elif op in (p.MAX_REPEAT, p.MIN_REPEAT) and av[0] >= 1:
+            got = _literal_set(p, av[2])
+        else:                                       # classes, anchors, lookarounds, optional parts
+            continue
+        if got:
+            cands.append(got)
+    if run:
+        cands.append((run,))
+    return max(cands, key=lambda c: (min(map(len, c)), -len(c)), default=())
+
+
+@dataclass(frozen=True)
+class MatchPlan:
+    """How to find the candidate lines of a block (see above)."""
+
+    literals: Tuple[Tuple[str, bool], ...]     # (literal, case-insensitive)
+    regex: Optional[re.Pattern]                # for rules without a literal
+    per_line: bool                             # neither works: try every line
+    checks: Tuple[Optional[Tuple[Tuple[str, ...], bool]], ...] = ()
+
+
+def build_plan(rules: Sequence[Rule]) -> MatchPlan:
+    checks = tuple(None if r.pattern.any_of else term_literals(next(t for t in r.pattern.terms if not t.negated))
+                   for r in rules)
+    literals: List[Tuple[str, bool]] = []
+    rest: List[Term] = []
+    for r in rules:
+        if r.kind != "watchfor":
+            continue
+        p = r.pattern
+        if p.any_of and any(t.negated for t in p.terms):
+            return MatchPlan((), None, True, checks)
+        for t in [t for t in p.terms if not t.negated][: None if p.any_of else 1]:
+            found = term_literals(t)
+            if found is None:
+                rest.append(t)
+            else:
+                literals.extend((x, found[1]) for x in found[0])
+    regex = None
+    if rest:
+        regex = combine_terms(rest)
+        if regex is None:
+            return MatchPlan((), None, True, checks)
+    return MatchPlan(tuple(dict.fromkeys(literals)), regex, False, checks)
+
+
+def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
+    """One alternation of all the terms, or None when they do not combine."""
+    alts = []
+    for t in terms:
+        src = t.regex.pattern
+        if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)", src):
+            return None                       # back-references, global flags
+        src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
+        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE))
+                     if t.regex.flags & bit)
+        alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
+    try:
+        return re.compile("|".join(alts), re.MULTILINE)
+    except (re.error, OverflowError, RecursionError):
+        return None
+
+
+def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
+    """Start offsets, in order, of the lines of `text` that some watchfor
+    may match; None: every line must be tried."""
+    if plan.per_line:
+        return None
+    starts = set()
+    lowered: Optional[str] = None
+    for lit, ci in plan.literals:
+        hay = text
+        if ci:
+            if lowered is None:
+                # casefold() maps every character that re.IGNORECASE takes
+                # for an ASCII letter (K, long s, dotted I) to that letter
+                lowered = text.casefold()
+                if len(lowered) != len(text):      # lengths changed: no shortcut
+                    return None
+            hay = lowered
+        find, rfind = hay.find, hay.rfind
+        pos = find(lit)
+        while pos >= 0:
+            starts.add(rfind("\n", 0, pos) + 1)
+            end = find("\n", pos)
+            if end < 0:
+                break
+            pos = find(lit, end + 1)
+    if plan.regex is not None:
+        pos, search = 0, plan.regex.search
+        while True:
+            m = search(text, pos)
+            if m is None or m.start() >= len(text):   # an empty match after the last line
+                break
+            starts.add(text.rfind("\n", 0, m.start()) + 1)
+            end = text.find("\n", m.start())
+            if end < 0:
+                break
+            pos = end + 1
+    return sorted(starts)
+    # per rule: literals one of which its line must contain (casefolded when
+    # the flag is set), so most rules are skipped without running a regex
+
+
+def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
+    """(literals one of which every match contains, casefolded when the
+    term ignores case; that flag), or None when it has none we can use."""
+    ci = bool(t.regex.flags & re.IGNORECASE)
+    lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
+    if not lits or (ci and not all(x.isascii() for x in lits)):
+        return None
+    return tuple(x.casefold() if ci else x for x in lits), ci
+
+# -- thresholds ------------------------------------------------------------
 # swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A
 # bucket is [first, events] with integer seconds of processing time.  A
 # clock that went backwards (now < first) ends the window instead of
@@ -1326,142 +1759,136 @@ def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], b
             table[key] = rec
 
 
-# ==== Messages ===============================================================
-
-ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
-                     r"|\x1b\[[0-?]*[ -/]*[@-~]?"              # CSI
-                     r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
-                     r"|\x1b.?")
-CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u115f\u1160\u3164\uffa0\ufffe\uffff]")
-# X links a domain only where a '.' is followed by a letter (every TLD
-# starts with one, IDN and punycode ones too).  Rather than carry X's list
-# of 1,500 TLDs, every such dot counts as a possible link: defanging breaks
-# them all, and counting adds the most a link can add (23 for at least
-# 'a.co', 4).  So the count is never below X's (issue 11: twitter-text's
-# conformance files and a fuzz against its port are the tests).
-LINKABLE_DOT_RE = re.compile(r"\.(?=[^\W\d_])")
-URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
-TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
+# -- the Sentinel ----------------------------------------------------------
+# match -> act (outbox append) -> commit (outbox sync, then offsets) -> deliver.
 
 
-def strip_controls(text: str) -> str:
-    """What a program gets of a log line: no escape sequence, no control
-    character but tab (OSC 52 would write the clipboard of a terminal)."""
-    return CONTROL_RE.sub("", ANSI_RE.sub("", text))
+class Sentinel:
+    """Applies the rules to lines: first match wins unless 'continue'."""
 
+    def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
+                 state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
+        self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
+        self.self_tag: Optional[str] = None
+        self.bytes = 0                    # characters of complete lines seen
+        self.matches = 0
+        self.quit = False
+        self.set_config(config)
 
-def sanitize(text: str) -> str:
-    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and
-    invisible format characters (category Cf: bidi marks, zero-width ones,
-    TAG characters; the Hangul fillers), so a log line cannot drive a
-    terminal, forge a message's layout or hide text in it."""
-    if text.isprintable() and text.isascii():       # the common case: nothing to remove
-        return text
-    text = strip_controls(text).replace("\t", " ")
-    if text.isascii():
-        return text
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+    def set_config(self, config: Config) -> None:
+        self.config = config
+        self.rules = config.rules
+        self.plan = build_plan(config.rules)
+        # per rule: one case-sensitive literal its line must contain, or the
+        # general check (several literals, or casefolded), or neither
+        self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
+                      for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
+        self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
+        with self.lock:                             # counters of rules that are gone go too
+            for kind in ("thresholds", "throttles"):
+                tables = self.state[kind]
+                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in
+                              {r.ident for r in config.rules}]:
+                    del tables[ident]
 
+    def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
+        """The rule's counters of `kind`, swept; None when `key` is new and
+        the table is full: new keys go untracked, and the rule's actions
+        say so once an hour (an attacker can make us louder, not quieter)."""
+        tables = self.state[kind]
+        table = tables.get(rule.ident)
+        if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
+            table = tables[rule.ident] = collections.OrderedDict(
+                (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
+        limit = rule.threshold if kind == "thresholds" else rule.throttle
+        expired = threshold_expired if kind == "thresholds" else throttle_expired
+        sweep(table, lambda rec: expired(rec, now, limit))           # type: ignore[operator]
+        if key in table or len(table) < MAX_TABLE:
+            return table
+        if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
+            self.suspended[rule.ident] = now
+            notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
+                      "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
+            LOG.warning("%s", notice)
+            for action in rule.actions:
+                if action.kind != "quit":
+                    self.runner.run(action, notice, None, notice)
+        return None
 
-def char_weight(ch: str) -> int:
-    cp = ord(ch)
-    for lo, hi in TWEET_WEIGHT1_RANGES:
-        if lo <= cp <= hi:
-            # emoji-like symbols in the light ranges (e.g. (c), (R)) count 2
-            # for X's emoji parser: count them 2 so we never under-count.
-            return 2 if unicodedata.category(ch) == "So" else 1
-    return 2
+    def process_text(self, text: str) -> None:
+        """A block of complete lines, each ending in a newline."""
+        self.bytes += len(text)
+        starts = candidate_lines(self.plan, text)
+        lines = text.split("\n")[:-1] if starts is None else (text[s:text.find("\n", s)] for s in starts)
+        for line in lines:
+            self.process_line(line)
+            if self.quit:
+                break
+        self.runner.flush()
 
+    def is_own_line(self, line: str) -> bool:
+        """Our own syslog line, by its header's tag: a user name in a log
+        line can hold 'birdsentinel[PID]:' too (issue 10)."""
+        if self.self_tag is None or self.self_tag not in line:
+            return False
+        m = SYSLOG_TAG_RE.match(line)
+        return m is not None and m.group(1) == self.self_tag
 
-def tweet_weight(text: str) -> int:
-    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2,
-    a link 23), or more: an emoji sequence counts per code point, and each
-    possible link adds its margin."""
-    text = unicodedata.normalize("NFC", text)
-    links = len(LINKABLE_DOT_RE.findall(text))
-    if text.isascii():
-        return len(text) + links * TWEET_LINK_MARGIN
-    return sum(char_weight(c) for c in text) + links * TWEET_LINK_MARGIN
+    def process_line(self, line: str) -> None:
+        if self.is_own_line(line):
+            return
+        folded: Optional[str] = None
+        for rule, single, check in self.steps:
+            if single is not None:                  # the common case, kept cheap
+                if single not in line:
+                    continue
+            elif check is not None:
+                lits, ci = check
+                if ci and folded is None:
+                    folded = line.casefold()
+                hay = folded if ci else line
+                if not any(lit in hay for lit in lits):
+                    continue                        # cannot match: skip the regex
+            m = rule.pattern.match(line)
+            if m is None:
+                continue
+            if rule.kind == "ignore":
+                return
+            self.matches += 1
+            ok, suffix = (True, "") if rule.threshold is None and rule.throttle is None \
+                else self.limits(rule, line, m)
+            if ok:
+                message = line + suffix
+                for action in rule.actions:
+                    if action.kind == "quit":
+                        self.quit = True
+                        continue
+                    self.runner.run(action, line, m, message)
+            if not rule.cont or self.quit:
+                return
 
-
-def has_url(text: str) -> bool:
-    """Whether X might see a link (a post with one costs 13 times more)."""
-    return LINKABLE_DOT_RE.search(text) is not None
-
-
-def defang(text: str) -> str:
-    """Make every possible link inert: hxxps[:]//example[.]com.  A post
-    with a link costs $0.20 instead of $0.015 and looks like spam."""
-    text = URL_SCHEME_RE.sub(lambda m: m.group(1).lower().replace("t", "x") + "[:]//", text)
-    return LINKABLE_DOT_RE.sub("[.]", text)
-
-
-def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[str]:
-    """Split text into parts of at most `limit` (as weighed), each ending in
-    ' (i/n)' when there is more than one, preferring to cut at spaces."""
-    if weigh(text) <= limit:
-        return [text]
-    text = text.strip()
-    for digits in range(1, 6):
-        marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
-        parts = _greedy_split(text, limit - marker_room, weigh)
-        if len(str(len(parts))) <= digits:
-            n = len(parts)
-            return ["%s (%d/%d)" % (p, i, n) for i, p in enumerate(parts, 1)]
-    raise ValueError("message too long to split")
-
-
-def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str]:
-    parts: List[str] = []
-    rest = text
-    while rest:
-        if weigh(rest) <= room:
-            parts.append(rest.strip())
-            break
-        lo, hi = 1, len(rest)                 # longest prefix that fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if weigh(rest[:mid]) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        cut = lo
-        space = rest.rfind(" ", 0, cut + 1)
-        if space > cut // 2:
-            cut = space
-        parts.append(rest[:cut].strip())
-        rest = rest[cut:].strip()
-    return parts
-
-
-def message_parts(kind: str, text: str) -> List[str]:
-    if kind == "dm":
-        return split_message(text, DM_MAX_CHARS, len)
-    return split_message(text, TWEET_MAX_WEIGHT, tweet_weight)
-
-
-def format_alert(hostname: str, text: str) -> str:
-    return "[%s] %s" % (hostname, sanitize(text))
-
-
-def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
-    """'+N alerts since HH:MM:SS:' and as many held lines as fit in one
-    message (the first one cut short if it alone is too long).  Returns
-    (text, how many held lines it carries)."""
-    head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
-                                     time.strftime("%H:%M:%S", time.localtime(since)))
-    weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
-    limit = limit or (DM_MAX_CHARS if kind == "dm" else TWEET_MAX_WEIGHT)
-    text, used = head, 0
-    for line in held:
-        candidate = text + "\n" + line
-        if weigh(candidate) > limit:
-            break
-        text, used = candidate, used + 1
-    if used == 0 and held:                      # always carry at least one line
-        first = split_message(held[0], limit - weigh(head) - 1, weigh)[0]
-        text, used = head + "\n" + first, 1
-    return text, used
+    def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
+        """Apply the rule's threshold, then its throttle."""
+        now = self.clock()
+        suffix = ""
+        with self.lock:
+            if rule.threshold is not None:
+                key = bounded_key(rule.threshold.track_by.expand(line, m))
+                table = self.table("thresholds", rule, key, now)
+                if table is None:
+                    return False, ""
+                fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
+                if not fire:
+                    return False, ""
+            if rule.throttle is not None:
+                key = bounded_key(throttle_key(rule.throttle, line, m))
+                table = self.table("throttles", rule, key, now)
+                if table is None:
+                    return False, ""
+                fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
+                if not fire:
+                    return False, ""
+        return True, suffix
 
 
 # ==== State and outbox =======================================================
@@ -1878,657 +2305,145 @@ class Outbox:
         return len(self.entries)
 
 
-# ==== Tailing ================================================================
-# Byte offsets; a file is (st_dev, st_ino) plus a hash of its first bytes.
-# Rotation is noticed three ways, as fail2ban does: the path names another
-# inode (rename+create, delete+create), the file is shorter than our offset
-# (truncate, copytruncate), or its first bytes changed while it kept its
-# inode and grew past our offset before we looked (copytruncate race).
-
-ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
-
-
-def fingerprint(fd: int, length: int) -> str:
-    """'N:CRC' of the first `length` bytes: enough to tell two files apart
-    (rotation), not meant to resist forgery."""
-    data = os.pread(fd, length, 0)
-    return "%d:%08x" % (len(data), zlib.crc32(data))
-
-
-def fp_length(fp: str) -> int:
-    try:
-        return int(fp.split(":", 1)[0])
-    except ValueError:
-        return 0
+# ==== Messages ===============================================================
+ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
+                     r"|\x1b\[[0-?]*[ -/]*[@-~]?"              # CSI
+                     r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
+                     r"|\x1b.?")
+CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u115f\u1160\u3164\uffa0\ufffe\uffff]")
+# X links a domain only where a '.' is followed by a letter (every TLD
+# starts with one, IDN and punycode ones too).  Rather than carry X's list
+# of 1,500 TLDs, every such dot counts as a possible link: defanging breaks
+# them all, and counting adds the most a link can add (23 for at least
+# 'a.co', 4).  So the count is never below X's (issue 11: twitter-text's
+# conformance files and a fuzz against its port are the tests).
+LINKABLE_DOT_RE = re.compile(r"\.(?=[^\W\d_])")
+URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
+TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
 
 
-class LineSplitter:
-    """Bytes in, complete lines out (as one decoded text block ending in a
-    newline).  Holds a partial last line until its newline arrives; keeps
-    only the first MAX_LINE bytes of a longer line."""
+def strip_controls(text: str) -> str:
+    """What a program gets of a log line: no escape sequence, no control
+    character but tab (OSC 52 would write the clipboard of a terminal)."""
+    return CONTROL_RE.sub("", ANSI_RE.sub("", text))
 
-    def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
-        self.name = name
-        self.max_line = max_line
-        self.reset()
 
-    def feed(self, chunk: bytes) -> str:
-        """Return the complete lines this chunk finishes, as text."""
-        out: List[bytes] = []
-        if self.discarding:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                self.discarded += len(chunk)
-                return ""
-            LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
-                        self.name, self.max_line + self.discarded + nl, self.max_line)
-            out.append(self.pending + b"\n")
-            self.pending, self.discarding, self.discarded = b"", False, 0
-            chunk = chunk[nl + 1:]
-        data = self.pending + chunk if self.pending else chunk
-        last = data.rfind(b"\n")
-        out.append(data[:last + 1])
-        rest = data[last + 1:]
-        self.pending = bytes(rest[:self.max_line])          # memory stays bounded
-        self.discarded = max(len(rest) - self.max_line, 0)
-        self.discarding = self.discarded > 0
-        block = b"".join(out)
-        if not block:
-            return ""
-        block = self._cut_long_lines(block)
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n")
-        return block.decode("utf-8", "replace")
+def sanitize(text: str) -> str:
+    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and
+    invisible format characters (category Cf: bidi marks, zero-width ones,
+    TAG characters; the Hangul fillers), so a log line cannot drive a
+    terminal, forge a message's layout or hide text in it."""
+    if text.isprintable() and text.isascii():       # the common case: nothing to remove
+        return text
+    text = strip_controls(text).replace("\t", " ")
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
 
-    def _cut_long_lines(self, block: bytes) -> bytes:
-        """Cut complete lines longer than max_line.  A line that long holds
-        a whole aligned stretch of max_line/2 bytes without a newline, so a
-        few short searches rule it out for ordinary blocks."""
-        step = max(self.max_line // 2, 1)
-        if len(block) <= self.max_line or all(
-                block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
-            return block
-        out, start = [], 0
-        while start < len(block):
-            end = block.find(b"\n", start)
-            if end - start > self.max_line:
-                LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
-                            self.name, end - start, self.max_line)
-                out.append(block[start:start + self.max_line] + b"\n")
+
+def char_weight(ch: str) -> int:
+    cp = ord(ch)
+    for lo, hi in TWEET_WEIGHT1_RANGES:
+        if lo <= cp <= hi:
+            # emoji-like symbols in the light ranges (e.g. (c), (R)) count 2
+            # for X's emoji parser: count them 2 so we never under-count.
+            return 2 if unicodedata.category(ch) == "So" else 1
+    return 2
+
+
+def tweet_weight(text: str) -> int:
+    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2,
+    a link 23), or more: an emoji sequence counts per code point, and each
+    possible link adds its margin."""
+    text = unicodedata.normalize("NFC", text)
+    links = len(LINKABLE_DOT_RE.findall(text))
+    if text.isascii():
+        return len(text) + links * TWEET_LINK_MARGIN
+    return sum(char_weight(c) for c in text) + links * TWEET_LINK_MARGIN
+
+
+def has_url(text: str) -> bool:
+    """Whether X might see a link (a post with one costs 13 times more)."""
+    return LINKABLE_DOT_RE.search(text) is not None
+
+
+def defang(text: str) -> str:
+    """Make every possible link inert: hxxps[:]//example[.]com.  A post
+    with a link costs $0.20 instead of $0.015 and looks like spam."""
+    text = URL_SCHEME_RE.sub(lambda m: m.group(1).lower().replace("t", "x") + "[:]//", text)
+    return LINKABLE_DOT_RE.sub("[.]", text)
+
+
+def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[str]:
+    """Split text into parts of at most `limit` (as weighed), each ending in
+    ' (i/n)' when there is more than one, preferring to cut at spaces."""
+    if weigh(text) <= limit:
+        return [text]
+    text = text.strip()
+    for digits in range(1, 6):
+        marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
+        parts = _greedy_split(text, limit - marker_room, weigh)
+        if len(str(len(parts))) <= digits:
+            n = len(parts)
+            return ["%s (%d/%d)" % (p, i, n) for i, p in enumerate(parts, 1)]
+    raise ValueError("message too long to split")
+
+
+def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str]:
+    parts: List[str] = []
+    rest = text
+    while rest:
+        if weigh(rest) <= room:
+            parts.append(rest.strip())
+            break
+        lo, hi = 1, len(rest)                 # longest prefix that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if weigh(rest[:mid]) <= room:
+                lo = mid
             else:
-                out.append(block[start:end + 1])
-            start = end + 1
-        return b"".join(out)
-
-    def held(self) -> int:
-        """Bytes read that belong to the unfinished last line."""
-        return len(self.pending) + self.discarded
-
-    def reset(self) -> None:
-        self.pending, self.discarding, self.discarded = b"", False, 0
-
-
-@dataclass
-class Handle:
-    """An open log file being read."""
-
-    fd: int
-    ident: Tuple[int, int]
-    pos: int                                 # next byte to read
-    offset: int                              # start of the first unfinished line
-    fp: str
-    splitter: LineSplitter
-    last_growth: float = 0.0
-
-
-class FileTailer:
-    """Follows one path across rotations without losing lines."""
-
-    def __init__(self, path: str, on_text: Callable[[str], None],
-                 saved: Optional[Dict[str, Any]] = None, start_at_end: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = path
-        self.on_text = on_text
-        self.clock = clock
-        self.cur: Optional[Handle] = None
-        self.retired: List[Handle] = []
-        self.saved = saved
-        self.start_at_end = start_at_end
-        self.started = False
-        self.done = False                       # a followed file never ends
-        self.more = False                       # the last poll stopped before the end
-        self.missing_logged = False
-        self.error_logged: Optional[str] = None
-
-    # -- opening ---------------------------------------------------------
-    def _open(self) -> Optional[Tuple[int, os.stat_result]]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            if not self.missing_logged:
-                LOG.warning("%s does not exist (yet): waiting for it", self.path)
-                self.missing_logged = True
-            return None
-        except OSError as exc:
-            if exc.strerror != self.error_logged:
-                LOG.error("cannot read %s: %s; the other files are still watched", self.path, exc.strerror)
-                self.error_logged = exc.strerror
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
-            os.close(fd)
-            if self.error_logged != "not a file":
-                LOG.error("%s is not a regular file", self.path)
-                self.error_logged = "not a file"
-            return None
-        if self.error_logged:
-            LOG.warning("%s is readable again", self.path)
-        self.missing_logged = False
-        self.error_logged = None
-        return fd, st
-
-    def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
-        return Handle(fd, (st.st_dev, st.st_ino), pos, pos, fingerprint(fd, FINGERPRINT_LEN),
-                      LineSplitter(self.path), self.clock())
-
-    def _start(self) -> None:
-        """First open: resume from the saved offset, or begin at the end."""
-        opened = self._open()
-        if opened is None:
-            if self.saved and self.saved.get("ino") is not None:
-                self._finish_rotated_sibling(self.saved)
-            self.saved = None
-            self.start_at_end = False           # a file that appears later is all new
-            return
-        fd, st = opened
-        self.started = True
-        saved, self.saved = self.saved, None
-        if saved is None:
-            self.cur = self._handle(fd, st, st.st_size if self.start_at_end else 0)
-            return
-        if saved.get("ino") is None:              # it was gone when we stopped: all new
-            LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
-            self.cur = self._handle(fd, st, 0)
-            return
-        same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
-        fp_saved = str(saved.get("fp", ""))
-        fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
-        offset = int(saved.get("offset", 0))
-        if same_inode and fp_now == fp_saved:
-            if st.st_size < offset:
-                LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
-                            "truncated or tampered with; reading from the start", self.path, st.st_size, offset)
-                offset = 0
-            self.cur = self._handle(fd, st, offset)
-            return
-        why = "copied and truncated" if same_inode else "rotated"
-        LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
-                    "the new one from the start", self.path, why)
-        self._finish_rotated_sibling(saved)
-        self.cur = self._handle(fd, st, 0)
-
-    def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
-        """logtail2's rule: after a rotation while stopped, finish the old
-        file (path.1, path-DATE, ...) from the saved offset.  It is found by
-        its inode; failing that (copytruncate made a copy), by its first
-        bytes, the newest such copy, and only when those bytes were enough
-        to tell files apart."""
-        directory, base = os.path.split(self.path)
-        try:
-            names = os.listdir(directory or ".")
-        except OSError:
-            return
-        fp_saved = str(saved.get("fp", ""))
-        by_inode, by_bytes = None, []
-        for name in sorted(names):
-            if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
-                continue
-            cand = os.path.join(directory, name)
-            try:
-                st = os.stat(cand)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
-                by_inode = cand
-                break
-            if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
-                by_bytes.append((st.st_mtime, cand))
-        for chosen in [by_inode] if by_inode else [cand for _mtime, cand in sorted(by_bytes, reverse=True)]:
-            try:
-                fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                continue
-            if chosen == by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
-                break
-            os.close(fd)
-        else:
-            return
-        st = os.fstat(fd)
-        offset = int(saved.get("offset", 0))
-        if st.st_size < offset:
-            offset = 0
-        LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
-        h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
-        while self._drain(h):                       # all of it: the file is not looked at again
-            pass
-        self._flush_partial(h)
-        os.close(fd)
-
-    # -- reading ---------------------------------------------------------
-    def _drain(self, h: Handle) -> int:
-        """Read what h's file has beyond h.pos, at most MAX_POLL_READ (then
-        self.more): the loop saves and looks at signals in between."""
-        total = 0
-        while True:
-            if total >= MAX_POLL_READ:
-                self.more = True
-                break
-            try:
-                chunk = os.pread(h.fd, READ_BLOCK, h.pos)
-            except OSError as exc:
-                LOG.error("cannot read %s: %s", self.path, exc.strerror)
-                return total
-            if not chunk:
-                break
-            h.pos += len(chunk)
-            total += len(chunk)
-            text = h.splitter.feed(chunk)
-            h.offset = h.pos - h.splitter.held()
-            if text:
-                self.on_text(text)
-            if len(chunk) < READ_BLOCK:
-                break
-        if total:
-            h.last_growth = self.clock()
-            if fp_length(h.fp) < FINGERPRINT_LEN:
-                h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
-        return total
-
-    def _flush_partial(self, h: Handle) -> None:
-        """A rotated file will not get its last newline: emit what is held."""
-        if h.splitter.pending:
-            text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
-            h.splitter.reset()
-            self.on_text(text + "\n")
-
-    def _retire(self, h: Handle) -> None:
-        h.last_growth = self.clock()              # the grace starts at the rotation
-        self.retired.append(h)
-        while len(self.retired) > 4:
-            old = self.retired.pop(0)
-            while self._drain(old):                 # a bounded poll may have left some of it
-                pass
-            self._flush_partial(old)
-            os.close(old.fd)
-
-    def poll(self) -> int:
-        """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
-        total, self.more = 0, False
-        now = self.clock()
-        for h in list(self.retired):            # writers may still append after a rename
-            total += self._drain(h)
-            if now - h.last_growth > RETIRED_GRACE:
-                self._flush_partial(h)
-                os.close(h.fd)
-                self.retired.remove(h)
-        if self.cur is None:
-            if not self.started:
-                self._start()
-            else:
-                opened = self._open()
-                if opened is not None:
-                    LOG.info("%s appeared: reading it from the start", self.path)
-                    self.cur = self._handle(opened[0], opened[1], 0)
-            return total + (self._drain(self.cur) if self.cur is not None else 0)
-        h = self.cur
-        size = os.fstat(h.fd).st_size
-        if size < h.pos:
-            LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
-                        "reading from the start", self.path, h.pos, size)
-            self._restart_at_zero(h)
-        elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s was truncated and rewritten (its first bytes changed): "
-                        "reading from the start", self.path)
-            self._restart_at_zero(h)
-        total += self._drain(h)                  # the inode we hold, to its end
-        try:
-            st: Optional[os.stat_result] = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            LOG.error("cannot stat %s: %s", self.path, exc.strerror)
-            return total
-        if st is None or (st.st_dev, st.st_ino) != h.ident:
-            # rename+create (logrotate create) or delete+create: keep reading
-            # the old inode for a while, follow the new file from its start.
-            self.cur = None
-            self._retire(h)
-            if st is None:
-                LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
-            else:
-                LOG.info("%s was rotated: following the new file from its start", self.path)
-                opened = self._open()
-                if opened is not None:
-                    self.cur = self._handle(opened[0], opened[1], 0)
-                    total += self._drain(self.cur)
-        return total
-
-    def _restart_at_zero(self, h: Handle) -> None:
-        h.pos = h.offset = 0
-        h.splitter.reset()
-        h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
-
-    def snapshot(self) -> Dict[str, Any]:
-        """What the state file keeps for this path.  Without a current file
-        (rotated away, or not there yet) the entry says so: whatever file
-        appears there later is read from its start."""
-        h = self.cur
-        if h is not None:
-            return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
-        if not self.started and self.saved is not None:
-            return self.saved                     # not looked at yet
-        return {"dev": None, "ino": None, "fp": "", "offset": 0}
-
-    def close(self) -> None:
-        for h in self.retired + ([self.cur] if self.cur else []):
-            with contextlib.suppress(OSError):
-                os.close(h.fd)
-        self.retired, self.cur = [], None
-
-class StreamSource:
-    """--examine FILE or --read-pipe CMD, read once to its end with the
-    poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
-
-    def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
-                 proc: Optional[subprocess.Popen] = None) -> None:
-        self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
-        self.splitter = LineSplitter(name)
-        self.done = self.more = False
-
-    def poll(self) -> int:
-        got, self.more = 0, False
-        while not self.done and (self.proc is None or select.select([self.fd], [], [], 0)[0]):
-            chunk = os.read(self.fd, READ_BLOCK)
-            got += len(chunk)
-            self.done = not chunk
-            text = self.splitter.feed(chunk) if chunk else (    # the last line may lack its newline
-                self.splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n" if self.splitter.pending else "")
-            if text:
-                self.on_text(text)
-            if got >= MAX_POLL_READ:
-                self.more = not self.done
-                break
-        return got
-
-    def close(self) -> None:
-        if self.proc is None:
-            os.close(self.fd)
-            return
-        self.proc.stdout.close()                    # type: ignore[union-attr]
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-# ==== X API client ===========================================================
-# OAuth 1.0a user context over urllib.  The opener, clock and nonce are
-# parameters, so tests drive it without a network or real time.
-
-
-class Credentials:
-    """The four secrets.  repr() and str() never show them."""
-
-    __slots__ = ("consumer_key", "consumer_secret", "token", "token_secret")
-
-    def __init__(self, consumer_key: str, consumer_secret: str, token: str = "", token_secret: str = "") -> None:
-        self.consumer_key, self.consumer_secret = consumer_key, consumer_secret
-        self.token, self.token_secret = token, token_secret
-
-    def __repr__(self) -> str:
-        return "Credentials(<4 values hidden>)"
-
-    __str__ = __repr__
-
-    def values(self) -> Tuple[str, ...]:
-        return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
-
-
-def read_secret(path: str, check_mode: bool = True) -> str:
-    """One secret.  Checked (outside systemd's credentials): a regular file
-    in its directory (a symlink may point only inside it), owned by root or
-    us, that nobody else can read or change; the checks are of the file
-    that was opened (fstat), so it cannot be swapped in between."""
-    real = os.path.realpath(path)
-    try:
-        if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
-            raise CredentialsError("refusing credential file %s: it is a symbolic link to %s, outside its "
-                                   "directory; put the file itself there" % (path, real))
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise CredentialsError("missing credential file %s" % path) from None
-    except OSError as exc:
-        raise CredentialsError("cannot read credential file %s: %s" % (path, exc.strerror)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CredentialsError("refusing credential file %s: not a regular file" % path)
-        if check_mode and st.st_uid not in (0, os.geteuid()):
-            raise CredentialsError("refusing credential file %s: it belongs to uid %d, who could replace it; "
-                                   "run: chown root:monitor %s" % (path, st.st_uid, path))
-        if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-            raise CredentialsError(
-                "refusing credential file %s: mode %04o lets other users read or change it; "
-                "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
-        value = os.read(fd, 4096).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialsError("cannot read credential file %s: %s"
-                               % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
-    finally:
-        os.close(fd)
-    if not value or any(c.isspace() for c in value):
-        raise CredentialsError("credential file %s must hold one value on one line" % path)
-    return value
-
-
-def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
-    """systemd's $CREDENTIALS_DIRECTORY wins when it holds the files.
-    Returns (directory, whether modes are checked)."""
-    cred = env.get("CREDENTIALS_DIRECTORY")
-    if cred and os.path.exists(os.path.join(cred, "consumer-key")):
-        return cred, False                       # systemd made them private to us
-    return twitter_dir, True
-
-
-def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = True) -> Credentials:
-    directory, check = credential_dir(twitter_dir, env)
-    try:
-        mode = os.stat(directory).st_mode
-    except OSError:
-        mode = 0
-    if check and mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CredentialsError("refusing credential dir %s: mode %04o lets other users replace the secrets; "
-                               "run: chmod 0750 %s" % (directory, stat.S_IMODE(mode), directory))
-    names = SECRET_NAMES if need_token else SECRET_NAMES[:2]
-    values = [read_secret(os.path.join(directory, n), check) for n in names]
-    protect_process()
-    return Credentials(*values)
-
-
-def protect_process() -> None:
-    """Once the secrets are in memory: no core dump, no ptrace by the
-    same user (PR_SET_DUMPABLE 0 also closes /proc/PID/mem to them)."""
-    import resource
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)     # PR_SET_DUMPABLE
-    except (OSError, ValueError, AttributeError) as exc:
-        LOG.debug("cannot make the process non-dumpable: %s", exc)
-
-
-def is_loopback(url: str) -> bool:
-    import ipaddress
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_api_base(url: str) -> str:
-    """https anywhere; plain http only to a loopback address (tests)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if host and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
-        return url.rstrip("/")
-    if parts.scheme == "http" and host:
-        raise BirdError("refusing plain http API base %s: credentials would cross the network "
-                        "unencrypted; use https (http is allowed only for loopback)" % url)
-    raise BirdError("bad API base %r: give https://host" % url)
-
-
-def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
-                opener: Optional[Callable[..., Any]] = None) -> "XClient":
-    """The one place a client is made from the command line's options."""
-    base = opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE     # checked by XClient
-    return XClient(load_credentials(opts.twitter_dir, env, need_token), base,
-                   opener=opener, ca_file=opts.ca_file)
-
-
-@dataclass
-class XResponse:
-    status: int
-    headers: Dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-    def form(self) -> Dict[str, str]:
-        """Token replies are form-encoded, whatever their Content-Type says."""
-        return dict(urllib.parse.parse_qsl(self.body.decode("utf-8", "replace")))
-
-    def detail(self) -> str:
-        """X's own words for an error: problem 'detail', or errors[0]."""
-        data = self.json()
-        text = ""
-        if isinstance(data, dict):          # Problem {title, detail} or Error {code, message}
-            text = str(data.get("detail") or data.get("message") or data.get("title") or "")
-            errs = data.get("errors")
-            if not text and isinstance(errs, list) and errs and isinstance(errs[0], dict):
-                text = str(errs[0].get("detail") or errs[0].get("message") or "")
-        if 300 <= self.status < 400:
-            where = urllib.parse.urlsplit(self.headers.get("location", "")).hostname or "nowhere"
-            text = "a redirect to %s, not followed (is a proxy or portal in the way?)" % where
-        if not text:
-            text = self.body[:200].decode("utf-8", "replace")
-        # an answer that quotes the request must not put it in the log
-        text = re.sub(r"(oauth_[a-z_]+)\s*=\s*\"?[^\",&\s]*\"?", r"\1=<hidden>", text)
-        return sanitize(text)[:300] or "HTTP %d" % self.status
-
-
-def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
-    """urllib with verification always on (--ca-file adds to the system's
-    CAs), no redirects (a 3xx would carry the signed request elsewhere and
-    its 200 would count as delivered), and no proxy for a loopback base
-    (an http proxy would see the Authorization header)."""
-    import ssl
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None                             # the 3xx comes back as an HTTPError
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    handlers = [urllib.request.HTTPSHandler(context=ctx), NoRedirect()]
-    if loopback:
-        handlers.append(urllib.request.ProxyHandler({}))
-    opener = urllib.request.build_opener(*handlers)
-
-    def open_(req: Any, timeout: float) -> Any:
-        return opener.open(req, timeout=timeout)
-    return open_
-
-
-class XClient:
-    """Signs and sends one request at a time; never retries by itself."""
-
-    def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
-                 opener: Optional[Callable[[Any, float], Any]] = None,
-                 clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
-                 timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
-        self.creds = creds
-        self.api_base = check_api_base(api_base)
-        self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
-        self.clock, self.nonce, self.timeout = clock, nonce, timeout
-
-    def __repr__(self) -> str:
-        return "XClient(%s)" % self.api_base
-
-    def call(self, method: str, path: str, json_body: Any = None, query: Optional[Dict[str, str]] = None,
-             token: Optional[Tuple[str, str]] = None, extra_oauth: Sequence[Tuple[str, str]] = ()) -> XResponse:
-        import http.client
-        import urllib.error
-        import urllib.request
-        url = self.api_base + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
-        tok, tok_secret = token if token is not None else (self.creds.token, self.creds.token_secret)
-        auth = sign_request(method, url, self.creds.consumer_key, self.creds.consumer_secret, tok, tok_secret,
-                            nonce=self.nonce(), timestamp=str(int(self.clock())), extra_oauth=extra_oauth)
-        data = None
-        headers = {"Authorization": auth, "User-Agent": "birdsentinel/" + __version__}
-        if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"    # not signed: RFC 5849 3.4.1.3.1
-        elif method == "POST":
-            data = b""
-        req = urllib.request.Request(url, data=data, headers=headers, method=method)
-        host = urllib.parse.urlsplit(url).netloc
-        try:
-            resp = self.opener(req, self.timeout)
-            status = getattr(resp, "status", None) or resp.getcode()
-        except urllib.error.HTTPError as err:
-            resp, status = err, err.code
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise XNetworkError("cannot reach X at %s: %s" % (host, sanitize(str(reason))[:200])) from None
-        try:
-            body = resp.read(1 << 20)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise XNetworkError("connection to %s broke while reading the answer: %s"
-                                % (host, sanitize(str(exc))[:200])) from None
-        finally:
-            with contextlib.suppress(Exception):
-                resp.close()
-        hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
-        return XResponse(int(status), hdrs, body)
-
-    # -- endpoints -------------------------------------------------------
-    def send_dm(self, recipient_id: str, text: str) -> XResponse:
-        return self.call("POST", "/2/dm_conversations/with/%s/messages" % urllib.parse.quote(recipient_id),
-                         json_body={"text": text})
-
-    def post_tweet(self, text: str) -> XResponse:
-        return self.call("POST", "/2/tweets", json_body={"text": text})
-
-    def user(self, to: str, fields: str = "") -> XResponse:
-        """Look up @handle, a numeric id, or (to == "") the account itself."""
-        path = ("/2/users/me" if not to else "/2/users/" + to if USER_ID_RE.match(to)
-                else "/2/users/by/username/" + urllib.parse.quote(to.lstrip("@")))
-        return self.call("GET", path, query={"user.fields": fields} if fields else None)
-
-    def request_token(self) -> XResponse:
-        return self.call("POST", "/oauth/request_token", token=("", ""),
-                         extra_oauth=(("oauth_callback", "oob"),))
-
-    def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
-        return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
-                         extra_oauth=(("oauth_verifier", pin),))
+                hi = mid - 1
+        cut = lo
+        space = rest.rfind(" ", 0, cut + 1)
+        if space > cut // 2:
+            cut = space
+        parts.append(rest[:cut].strip())
+        rest = rest[cut:].strip()
+    return parts
+
+
+def message_parts(kind: str, text: str) -> List[str]:
+    if kind == "dm":
+        return split_message(text, DM_MAX_CHARS, len)
+    return split_message(text, TWEET_MAX_WEIGHT, tweet_weight)
+
+
+def format_alert(hostname: str, text: str) -> str:
+    return "[%s] %s" % (hostname, sanitize(text))
+
+
+def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
+    """'+N alerts since HH:MM:SS:' and as many held lines as fit in one
+    message (the first one cut short if it alone is too long).  Returns
+    (text, how many held lines it carries)."""
+    head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
+                                     time.strftime("%H:%M:%S", time.localtime(since)))
+    weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
+    limit = limit or (DM_MAX_CHARS if kind == "dm" else TWEET_MAX_WEIGHT)
+    text, used = head, 0
+    for line in held:
+        candidate = text + "\n" + line
+        if weigh(candidate) > limit:
+            break
+        text, used = candidate, used + 1
+    if used == 0 and held:                      # always carry at least one line
+        first = split_message(held[0], limit - weigh(head) - 1, weigh)[0]
+        text, used = head + "\n" + first, 1
+    return text, used
+
+
+# ==== Delivery ===============================================================
+# X's answers, its limits, the local budget, digests, and the sender.
 
 
 def classify(resp: XResponse) -> str:
@@ -2571,34 +2486,6 @@ def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Opti
     if until is not None and until <= now:
         return None
     return until
-
-
-def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]:
-    """The user object of a successful lookup, its id checked, or (None,
-    why).  A 200 can carry only errors[] (no such user): X's reason is kept."""
-    data = resp.json()
-    user = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(user, dict):
-        return None, "no such X user %s: %s" % (who, resp.detail())
-    uid = str(user.get("id", ""))
-    if not USER_ID_RE.match(uid):
-        return None, "X answered a user id that is not a number (%r) for %s" % (sanitize(uid)[:40], who)
-    return user, ""
-
-
-def dm_hint(to: str, sender: str) -> str:
-    return ("%s cannot receive DMs from %s yet: %s must send %s a DM first (X lets automated accounts DM only "
-            "people who wrote to them), and allow DMs in their settings" % (to, sender, to, sender))
-
-
-def describe_recipient(to: str, users: Dict[str, Any]) -> str:
-    """How dry runs and --check name a DM's recipient, without asking X."""
-    if not to:
-        return "the account itself"
-    if USER_ID_RE.match(to):
-        return "user id %s" % to
-    uid = users.get(to.lower())
-    return "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to
 
 
 def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -2657,6 +2544,21 @@ def entry_parts(entry: Dict[str, Any]) -> List[str]:
     if entry["kind"] == "tweet":
         return tweet_parts(entry["text"], int(entry.get("seq", 0)), bool(entry.get("defang", True)))
     return message_parts("dm", entry["text"])
+
+
+def dm_hint(to: str, sender: str) -> str:
+    return ("%s cannot receive DMs from %s yet: %s must send %s a DM first (X lets automated accounts DM only "
+            "people who wrote to them), and allow DMs in their settings" % (to, sender, to, sender))
+
+
+def describe_recipient(to: str, users: Dict[str, Any]) -> str:
+    """How dry runs and --check name a DM's recipient, without asking X."""
+    if not to:
+        return "the account itself"
+    if USER_ID_RE.match(to):
+        return "user id %s" % to
+    uid = users.get(to.lower())
+    return "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to
 
 
 class Deliverer:
@@ -2888,6 +2790,280 @@ class Deliverer:
             if delay > 0:
                 wake.wait(min(delay, 3600.0))
                 wake.clear()
+
+
+# ==== X API client ===========================================================
+# OAuth 1.0a user context over urllib.  The opener, clock and nonce are
+# parameters, so tests drive it without a network or real time.
+
+
+class Credentials:
+    """The four secrets.  repr() and str() never show them."""
+
+    __slots__ = ("consumer_key", "consumer_secret", "token", "token_secret")
+
+    def __init__(self, consumer_key: str, consumer_secret: str, token: str = "", token_secret: str = "") -> None:
+        self.consumer_key, self.consumer_secret = consumer_key, consumer_secret
+        self.token, self.token_secret = token, token_secret
+
+    def __repr__(self) -> str:
+        return "Credentials(<4 values hidden>)"
+
+    __str__ = __repr__
+
+    def values(self) -> Tuple[str, ...]:
+        return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
+
+
+def read_secret(path: str, check_mode: bool = True) -> str:
+    """One secret.  Checked (outside systemd's credentials): a regular file
+    in its directory (a symlink may point only inside it), owned by root or
+    us, that nobody else can read or change; the checks are of the file
+    that was opened (fstat), so it cannot be swapped in between."""
+    real = os.path.realpath(path)
+    try:
+        if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
+            raise CredentialsError("refusing credential file %s: it is a symbolic link to %s, outside its "
+                                   "directory; put the file itself there" % (path, real))
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CredentialsError("missing credential file %s" % path) from None
+    except OSError as exc:
+        raise CredentialsError("cannot read credential file %s: %s" % (path, exc.strerror)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialsError("refusing credential file %s: not a regular file" % path)
+        if check_mode and st.st_uid not in (0, os.geteuid()):
+            raise CredentialsError("refusing credential file %s: it belongs to uid %d, who could replace it; "
+                                   "run: chown root:monitor %s" % (path, st.st_uid, path))
+        if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+            raise CredentialsError(
+                "refusing credential file %s: mode %04o lets other users read or change it; "
+                "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
+        value = os.read(fd, 4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError("cannot read credential file %s: %s"
+                               % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
+    finally:
+        os.close(fd)
+    if not value or any(c.isspace() for c in value):
+        raise CredentialsError("credential file %s must hold one value on one line" % path)
+    return value
+
+
+def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
+    """systemd's $CREDENTIALS_DIRECTORY wins when it holds the files.
+    Returns (directory, whether modes are checked)."""
+    cred = env.get("CREDENTIALS_DIRECTORY")
+    if cred and os.path.exists(os.path.join(cred, "consumer-key")):
+        return cred, False                       # systemd made them private to us
+    return twitter_dir, True
+
+
+def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = True) -> Credentials:
+    directory, check = credential_dir(twitter_dir, env)
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        mode = 0
+    if check and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CredentialsError("refusing credential dir %s: mode %04o lets other users replace the secrets; "
+                               "run: chmod 0750 %s" % (directory, stat.S_IMODE(mode), directory))
+    names = SECRET_NAMES if need_token else SECRET_NAMES[:2]
+    values = [read_secret(os.path.join(directory, n), check) for n in names]
+    protect_process()
+    return Credentials(*values)
+
+
+def protect_process() -> None:
+    """Once the secrets are in memory: no core dump, no ptrace by the
+    same user (PR_SET_DUMPABLE 0 also closes /proc/PID/mem to them)."""
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)     # PR_SET_DUMPABLE
+    except (OSError, ValueError, AttributeError) as exc:
+        LOG.debug("cannot make the process non-dumpable: %s", exc)
+
+
+def is_loopback(url: str) -> bool:
+    import ipaddress
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_base(url: str) -> str:
+    """https anywhere; plain http only to a loopback address (tests)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
+        return url.rstrip("/")
+    if parts.scheme == "http" and host:
+        raise BirdError("refusing plain http API base %s: credentials would cross the network "
+                        "unencrypted; use https (http is allowed only for loopback)" % url)
+    raise BirdError("bad API base %r: give https://host" % url)
+
+
+def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
+                opener: Optional[Callable[..., Any]] = None) -> "XClient":
+    """The one place a client is made from the command line's options."""
+    base = opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE     # checked by XClient
+    return XClient(load_credentials(opts.twitter_dir, env, need_token), base,
+                   opener=opener, ca_file=opts.ca_file)
+
+
+@dataclass
+class XResponse:
+    status: int
+    headers: Dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def form(self) -> Dict[str, str]:
+        """Token replies are form-encoded, whatever their Content-Type says."""
+        return dict(urllib.parse.parse_qsl(self.body.decode("utf-8", "replace")))
+
+    def detail(self) -> str:
+        """X's own words for an error: problem 'detail', or errors[0]."""
+        data = self.json()
+        text = ""
+        if isinstance(data, dict):          # Problem {title, detail} or Error {code, message}
+            text = str(data.get("detail") or data.get("message") or data.get("title") or "")
+            errs = data.get("errors")
+            if not text and isinstance(errs, list) and errs and isinstance(errs[0], dict):
+                text = str(errs[0].get("detail") or errs[0].get("message") or "")
+        if 300 <= self.status < 400:
+            where = urllib.parse.urlsplit(self.headers.get("location", "")).hostname or "nowhere"
+            text = "a redirect to %s, not followed (is a proxy or portal in the way?)" % where
+        if not text:
+            text = self.body[:200].decode("utf-8", "replace")
+        # an answer that quotes the request must not put it in the log
+        text = re.sub(r"(oauth_[a-z_]+)\s*=\s*\"?[^\",&\s]*\"?", r"\1=<hidden>", text)
+        return sanitize(text)[:300] or "HTTP %d" % self.status
+
+
+def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The user object of a successful lookup, its id checked, or (None,
+    why).  A 200 can carry only errors[] (no such user): X's reason is kept."""
+    data = resp.json()
+    user = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(user, dict):
+        return None, "no such X user %s: %s" % (who, resp.detail())
+    uid = str(user.get("id", ""))
+    if not USER_ID_RE.match(uid):
+        return None, "X answered a user id that is not a number (%r) for %s" % (sanitize(uid)[:40], who)
+    return user, ""
+
+
+def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
+    """urllib with verification always on (--ca-file adds to the system's
+    CAs), no redirects (a 3xx would carry the signed request elsewhere and
+    its 200 would count as delivered), and no proxy for a loopback base
+    (an http proxy would see the Authorization header)."""
+    import ssl
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None                             # the 3xx comes back as an HTTPError
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    handlers = [urllib.request.HTTPSHandler(context=ctx), NoRedirect()]
+    if loopback:
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
+
+    def open_(req: Any, timeout: float) -> Any:
+        return opener.open(req, timeout=timeout)
+    return open_
+
+
+class XClient:
+    """Signs and sends one request at a time; never retries by itself."""
+
+    def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
+                 opener: Optional[Callable[[Any, float], Any]] = None,
+                 clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
+                 timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
+        self.creds = creds
+        self.api_base = check_api_base(api_base)
+        self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
+        self.clock, self.nonce, self.timeout = clock, nonce, timeout
+
+    def __repr__(self) -> str:
+        return "XClient(%s)" % self.api_base
+
+    def call(self, method: str, path: str, json_body: Any = None, query: Optional[Dict[str, str]] = None,
+             token: Optional[Tuple[str, str]] = None, extra_oauth: Sequence[Tuple[str, str]] = ()) -> XResponse:
+        import http.client
+        import urllib.error
+        import urllib.request
+        url = self.api_base + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+        tok, tok_secret = token if token is not None else (self.creds.token, self.creds.token_secret)
+        auth = sign_request(method, url, self.creds.consumer_key, self.creds.consumer_secret, tok, tok_secret,
+                            nonce=self.nonce(), timestamp=str(int(self.clock())), extra_oauth=extra_oauth)
+        data = None
+        headers = {"Authorization": auth, "User-Agent": "birdsentinel/" + __version__}
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"    # not signed: RFC 5849 3.4.1.3.1
+        elif method == "POST":
+            data = b""
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        host = urllib.parse.urlsplit(url).netloc
+        try:
+            resp = self.opener(req, self.timeout)
+            status = getattr(resp, "status", None) or resp.getcode()
+        except urllib.error.HTTPError as err:
+            resp, status = err, err.code
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise XNetworkError("cannot reach X at %s: %s" % (host, sanitize(str(reason))[:200])) from None
+        try:
+            body = resp.read(1 << 20)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise XNetworkError("connection to %s broke while reading the answer: %s"
+                                % (host, sanitize(str(exc))[:200])) from None
+        finally:
+            with contextlib.suppress(Exception):
+                resp.close()
+        hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
+        return XResponse(int(status), hdrs, body)
+
+    # -- endpoints -------------------------------------------------------
+    def send_dm(self, recipient_id: str, text: str) -> XResponse:
+        return self.call("POST", "/2/dm_conversations/with/%s/messages" % urllib.parse.quote(recipient_id),
+                         json_body={"text": text})
+
+    def post_tweet(self, text: str) -> XResponse:
+        return self.call("POST", "/2/tweets", json_body={"text": text})
+
+    def user(self, to: str, fields: str = "") -> XResponse:
+        """Look up @handle, a numeric id, or (to == "") the account itself."""
+        path = ("/2/users/me" if not to else "/2/users/" + to if USER_ID_RE.match(to)
+                else "/2/users/by/username/" + urllib.parse.quote(to.lstrip("@")))
+        return self.call("GET", path, query={"user.fields": fields} if fields else None)
+
+    def request_token(self) -> XResponse:
+        return self.call("POST", "/oauth/request_token", token=("", ""),
+                         extra_oauth=(("oauth_callback", "oob"),))
+
+    def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
+        return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
+                         extra_oauth=(("oauth_verifier", pin),))
+
 
 # ==== Actions ================================================================
 # Programs run as argv lists: never through a shell.  Children run while
@@ -3162,278 +3338,8 @@ def current_user() -> str:
         return "root"
 
 
-# ==== Sentinel loop ==========================================================
-# match -> act (the outbox append is durable) -> save offsets -> deliver.
-
-
-class Sentinel:
-    """Applies the rules to lines: first match wins unless 'continue'."""
-
-    def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
-                 state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
-        self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
-        self.self_tag: Optional[str] = None
-        self.bytes = 0                    # characters of complete lines seen
-        self.matches = 0
-        self.quit = False
-        self.set_config(config)
-
-    def set_config(self, config: Config) -> None:
-        self.config = config
-        self.rules = config.rules
-        self.plan = build_plan(config.rules)
-        # per rule: one case-sensitive literal its line must contain, or the
-        # general check (several literals, or casefolded), or neither
-        self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
-                      for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
-        self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
-        with self.lock:                             # counters of rules that are gone go too
-            for kind in ("thresholds", "throttles"):
-                tables = self.state[kind]
-                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in
-                              {r.ident for r in config.rules}]:
-                    del tables[ident]
-
-    def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
-        """The rule's counters of `kind`, swept; None when `key` is new and
-        the table is full: new keys go untracked, and the rule's actions
-        say so once an hour (an attacker can make us louder, not quieter)."""
-        tables = self.state[kind]
-        table = tables.get(rule.ident)
-        if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
-            table = tables[rule.ident] = collections.OrderedDict(
-                (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
-        limit = rule.threshold if kind == "thresholds" else rule.throttle
-        expired = threshold_expired if kind == "thresholds" else throttle_expired
-        sweep(table, lambda rec: expired(rec, now, limit))           # type: ignore[operator]
-        if key in table or len(table) < MAX_TABLE:
-            return table
-        if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
-            self.suspended[rule.ident] = now
-            notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
-                      "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
-            LOG.warning("%s", notice)
-            for action in rule.actions:
-                if action.kind != "quit":
-                    self.runner.run(action, notice, None, notice)
-        return None
-
-    def process_text(self, text: str) -> None:
-        """A block of complete lines, each ending in a newline."""
-        self.bytes += len(text)
-        starts = candidate_lines(self.plan, text)
-        lines = text.split("\n")[:-1] if starts is None else (text[s:text.find("\n", s)] for s in starts)
-        for line in lines:
-            self.process_line(line)
-            if self.quit:
-                break
-        self.runner.flush()
-
-    def is_own_line(self, line: str) -> bool:
-        """Our own syslog line, by its header's tag: a user name in a log
-        line can hold 'birdsentinel[PID]:' too (issue 10)."""
-        if self.self_tag is None or self.self_tag not in line:
-            return False
-        m = SYSLOG_TAG_RE.match(line)
-        return m is not None and m.group(1) == self.self_tag
-
-    def process_line(self, line: str) -> None:
-        if self.is_own_line(line):
-            return
-        folded: Optional[str] = None
-        for rule, single, check in self.steps:
-            if single is not None:                  # the common case, kept cheap
-                if single not in line:
-                    continue
-            elif check is not None:
-                lits, ci = check
-                if ci and folded is None:
-                    folded = line.casefold()
-                hay = folded if ci else line
-                if not any(lit in hay for lit in lits):
-                    continue                        # cannot match: skip the regex
-            m = rule.pattern.match(line)
-            if m is None:
-                continue
-            if rule.kind == "ignore":
-                return
-            self.matches += 1
-            ok, suffix = (True, "") if rule.threshold is None and rule.throttle is None \
-                else self.limits(rule, line, m)
-            if ok:
-                message = line + suffix
-                for action in rule.actions:
-                    if action.kind == "quit":
-                        self.quit = True
-                        continue
-                    self.runner.run(action, line, m, message)
-            if not rule.cont or self.quit:
-                return
-
-    def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
-        """Apply the rule's threshold, then its throttle."""
-        now = self.clock()
-        suffix = ""
-        with self.lock:
-            if rule.threshold is not None:
-                key = bounded_key(rule.threshold.track_by.expand(line, m))
-                table = self.table("thresholds", rule, key, now)
-                if table is None:
-                    return False, ""
-                fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-                if not fire:
-                    return False, ""
-            if rule.throttle is not None:
-                key = bounded_key(throttle_key(rule.throttle, line, m))
-                table = self.table("throttles", rule, key, now)
-                if table is None:
-                    return False, ""
-                fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-                if not fire:
-                    return False, ""
-        return True, suffix
-
-
-class Inotify:
-    """inotify(7) through libc, so a new line wakes us at once while an
-    idle watcher costs no CPU.  Raises OSError where it is unavailable."""
-
-    IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-    IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-    IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
-    FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
-    DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if not hasattr(libc, "inotify_init1"):
-            raise OSError(errno.ENOSYS, "no inotify in this libc")
-        self.libc = libc
-        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self.watched: Dict[str, Any] = {}
-
-    def watch(self, path: str, mask: int, ident: Any = None) -> None:
-        if self.watched.get(path) == (mask, ident):
-            return
-        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
-            self.watched[path] = (mask, ident)
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while os.read(self.fd, 65536):
-                pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-# ==== Command line ===========================================================
-
-UNSUPPORTED_FLAGS = types.MappingProxyType({
-    "--awk-field-syntax": "use regex groups ($1..$9) in the watchfor pattern instead",
-    "--extra-include-dir": "custom Perl action modules are not supported",
-    "-I": "custom Perl action modules are not supported",
-    "--extra-module": "custom Perl action modules are not supported",
-    "-M": "custom Perl action modules are not supported",
-    "--old-style-config": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
-    "-O": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
-    "--dump-script": "there is no generated script; --check shows what the config does",
-    "--input-record-separator": "lines end at newlines",
-})
-IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
-                 "-r", "--debug", "--noawk-field-syntax")
-
-
-class Usage(BirdError):
-    exit_code = EX_USAGE
-
-
-class ArgParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:          # no exit from inside a library call
-        raise Usage(message)
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    for a in argv:
-        flag = a.split("=", 1)[0]
-        if flag in UNSUPPORTED_FLAGS:
-            raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
-    p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
-    for flags in (("-h", "--help"), ("-V", "--version"), ("--daemon",), ("--once",), ("--dry-run",),
-                  ("--check",), ("--online",), ("--authorize",), ("--tweet",)):
-        p.add_argument(*flags, action="store_true")
-    for flags in (("-c", "--config-file"), ("-f", "--examine"), ("-p", "--read-pipe"), ("--pid-file",),
-                  ("--script-dir",), ("--state-file",), ("--log-file",), ("--api-base",), ("--ca-file",),
-                  ("--send",), ("--to",)):
-        p.add_argument(*flags)
-    p.add_argument("-t", "--tail-file", action="append", default=[])
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
-    for flag in IGNORED_FLAGS:
-        p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
-    opts = p.parse_args(list(argv))
-    modes = [m for m in ("examine", "read_pipe") if getattr(opts, m)] + (["tail"] if opts.tail_file else [])
-    if len(modes) > 1:
-        raise Usage("give only one of -t, --examine and --read-pipe")
-    commands = [c for c in ("authorize", "send", "check") if getattr(opts, c)]
-    if len(commands) > 1:
-        raise Usage("give only one of --authorize, --send and --check")
-    if opts.online and not opts.check:
-        raise Usage("--online goes with --check")
-    if (opts.to or opts.tweet) and not opts.send:
-        raise Usage("--to and --tweet go with --send")
-    if opts.daemon and (opts.once or opts.examine or opts.dry_run or commands):
-        raise Usage("--daemon runs the watcher; it does not combine with --once, --examine, "
-                    "--dry-run, --check, --send or --authorize")
-    return opts
-
-
-def default_config_path(home: str) -> str:
-    paths = [os.path.join(home, name) for name in (".swatchdogrc", ".swatchrc")]
-    return next((p for p in paths if os.path.exists(p)), paths[0])
-
-
-def default_script_dir(env: Dict[str, str]) -> str:
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "birdsentinel")
-
-
-def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False,
-                  started: bool = False) -> bool:
-    """Until the watcher has started, everything goes to stderr, so start-up
-    errors reach the terminal or init script.  Then: --log-file, or for a
-    daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
-    logging to syslog, whose lines may come back in a watched file."""
-    LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
-    LOG.propagate = False
-    for h in list(LOG.handlers):
-        LOG.removeHandler(h)
-        h.close()
-    handler: logging.Handler
-    syslog = False
-    log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
-    if started and (opts.log_file or daemon):
-        import logging.handlers as loghandlers      # local name: 'logging' stays the module
-    try:
-        if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
-            handler = loghandlers.SysLogHandler(address="/dev/log",
-                                                     facility=loghandlers.SysLogHandler.LOG_DAEMON)
-            handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-            syslog = True
-        elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
-            if not opts.log_file:
-                os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
-            handler = loghandlers.WatchedFileHandler(log_file)
-            handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-        else:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
-    except OSError as exc:
-        LOG.addHandler(logging.StreamHandler(sys.stderr))
-        raise StateError("cannot open log %s: %s" % (log_file or "/dev/log", exc.strerror)) from None
-    LOG.addHandler(handler)
-    return syslog
+# ==== Runtime ================================================================
+# One run of the watcher: the loop over the sources, the commit point, signals.
 
 
 def ensure_dir(path: str) -> None:
@@ -3808,6 +3714,113 @@ class App:
             (LOG.info if files else LOG.debug)("stopped after %d characters of new lines, %d matches",
                                                sentinel.bytes, sentinel.matches)
         return EX_FAIL if (finite and runner.failures) else EX_OK
+
+
+# ==== Command line ===========================================================
+UNSUPPORTED_FLAGS = types.MappingProxyType({
+    "--awk-field-syntax": "use regex groups ($1..$9) in the watchfor pattern instead",
+    "--extra-include-dir": "custom Perl action modules are not supported",
+    "-I": "custom Perl action modules are not supported",
+    "--extra-module": "custom Perl action modules are not supported",
+    "-M": "custom Perl action modules are not supported",
+    "--old-style-config": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
+    "-O": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
+    "--dump-script": "there is no generated script; --check shows what the config does",
+    "--input-record-separator": "lines end at newlines",
+})
+IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
+                 "-r", "--debug", "--noawk-field-syntax")
+
+
+class Usage(BirdError):
+    exit_code = EX_USAGE
+
+
+class ArgParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:          # no exit from inside a library call
+        raise Usage(message)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    for a in argv:
+        flag = a.split("=", 1)[0]
+        if flag in UNSUPPORTED_FLAGS:
+            raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
+    p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
+    for flags in (("-h", "--help"), ("-V", "--version"), ("--daemon",), ("--once",), ("--dry-run",),
+                  ("--check",), ("--online",), ("--authorize",), ("--tweet",)):
+        p.add_argument(*flags, action="store_true")
+    for flags in (("-c", "--config-file"), ("-f", "--examine"), ("-p", "--read-pipe"), ("--pid-file",),
+                  ("--script-dir",), ("--state-file",), ("--log-file",), ("--api-base",), ("--ca-file",),
+                  ("--send",), ("--to",)):
+        p.add_argument(*flags)
+    p.add_argument("-t", "--tail-file", action="append", default=[])
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
+    for flag in IGNORED_FLAGS:
+        p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
+    opts = p.parse_args(list(argv))
+    modes = [m for m in ("examine", "read_pipe") if getattr(opts, m)] + (["tail"] if opts.tail_file else [])
+    if len(modes) > 1:
+        raise Usage("give only one of -t, --examine and --read-pipe")
+    commands = [c for c in ("authorize", "send", "check") if getattr(opts, c)]
+    if len(commands) > 1:
+        raise Usage("give only one of --authorize, --send and --check")
+    if opts.online and not opts.check:
+        raise Usage("--online goes with --check")
+    if (opts.to or opts.tweet) and not opts.send:
+        raise Usage("--to and --tweet go with --send")
+    if opts.daemon and (opts.once or opts.examine or opts.dry_run or commands):
+        raise Usage("--daemon runs the watcher; it does not combine with --once, --examine, "
+                    "--dry-run, --check, --send or --authorize")
+    return opts
+
+
+def default_config_path(home: str) -> str:
+    paths = [os.path.join(home, name) for name in (".swatchdogrc", ".swatchrc")]
+    return next((p for p in paths if os.path.exists(p)), paths[0])
+
+
+def default_script_dir(env: Dict[str, str]) -> str:
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "birdsentinel")
+
+
+def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False,
+                  started: bool = False) -> bool:
+    """Until the watcher has started, everything goes to stderr, so start-up
+    errors reach the terminal or init script.  Then: --log-file, or for a
+    daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
+    logging to syslog, whose lines may come back in a watched file."""
+    LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
+    LOG.propagate = False
+    for h in list(LOG.handlers):
+        LOG.removeHandler(h)
+        h.close()
+    handler: logging.Handler
+    syslog = False
+    log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
+    if started and (opts.log_file or daemon):
+        import logging.handlers as loghandlers      # local name: 'logging' stays the module
+    try:
+        if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
+            handler = loghandlers.SysLogHandler(address="/dev/log",
+                                                     facility=loghandlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+            syslog = True
+        elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
+            if not opts.log_file:
+                os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+            handler = loghandlers.WatchedFileHandler(log_file)
+            handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+    except OSError as exc:
+        LOG.addHandler(logging.StreamHandler(sys.stderr))
+        raise StateError("cannot open log %s: %s" % (log_file or "/dev/log", exc.strerror)) from None
+    LOG.addHandler(handler)
+    return syslog
 
 
 # -- one-shot commands -------------------------------------------------------
