@@ -63,7 +63,8 @@ Config grammar (swatch 3):
                            an argument: exec sh -c 'logger "$1"' sh $_
                            Control characters and escape sequences of the
                            line are removed (tab kept); ",raw=1" keeps them.
-  pipe CMD[,keep_open=1]   write the line to CMD's standard input
+  pipe CMD[,keep_open=1]   write the line to CMD's standard input (a kept
+                           one that reads nothing for 5 s is restarted)
   mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
   write USER[:USER]        write(1) the line to users' terminals
   dm [@USER|ID ...]        direct message (default: the account itself)
@@ -77,6 +78,7 @@ Config grammar (swatch 3):
   include FILE             read FILE's rules here
   budget dm_per_15m=15,dm_per_day=1440,tweet_per_15m=100,
          tweet_per_day=10000[,usd_per_day=5]
+  outbox max_bytes=20M,max_entries=10000   past it, alerts are counted
   Lines starting with # are comments; a trailing backslash continues a line.
   Perl code (perlcode, Perl variables, custom actions) is refused at load.
 
@@ -140,6 +142,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 __version__ = "0.1.0"
 
 LOG = logging.getLogger("birdsentinel")
+
+# The sections below, in data-flow order: Constants, Errors, OAuth 1.0a,
+# Config, Sources, Matching, State and outbox, Messages, Delivery, X API
+# client, Actions, Runtime, Command line.
 
 # ==== Constants ==============================================================
 # Read-only: tables are MappingProxyType, sequences tuples.  The only module
@@ -270,22 +276,19 @@ class XNetworkError(BirdError):
 
 
 def percent_encode(value: str) -> str:
-    """RFC 5849 section 3.6: UTF-8, then every octet except ALPHA, DIGIT,
-    '-', '.', '_', '~' as %XX with upper-case hex."""
+    """RFC 5849 section 3.6: UTF-8, then every octet but ALPHA DIGIT - . _ ~ as upper-case %XX."""
     return urllib.parse.quote(value.encode("utf-8"), safe="-._~")
 
 
 def base_string_uri(url: str) -> str:
-    """RFC 5849 section 3.4.1.2: scheme and host in lower case, the port only
-    when it is not the scheme's default, the path, no query or fragment."""
+    """RFC 5849 section 3.4.1.2: lower-case scheme and host, no default port, query or fragment."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if ":" in host:                          # IPv6 literal keeps its brackets
         host = "[%s]" % host
-    port = parts.port
-    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
-        host = "%s:%d" % (host, port)
+    if parts.port is not None and (scheme, parts.port) not in (("http", 80), ("https", 443)):
+        host = "%s:%d" % (host, parts.port)
     return "%s://%s%s" % (scheme, host, parts.path or "/")
 
 
@@ -295,8 +298,7 @@ def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
     (without oauth_signature and realm) and a form-encoded body.  A JSON body
     is NOT a parameter source: the caller passes form_body only for
     application/x-www-form-urlencoded requests."""
-    query = urllib.parse.urlsplit(url).query
-    params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    params = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
     params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
     if form_body:
         params += urllib.parse.parse_qsl(form_body, keep_blank_values=True)
@@ -325,8 +327,7 @@ def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str 
 
 def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
     """RFC 5849 section 3.5.1: 'OAuth ' + name="value" pairs, encoded."""
-    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v))
-                                for k, v in oauth_params)
+    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in oauth_params)
 
 
 def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
@@ -366,8 +367,7 @@ POSIX_CLASSES = types.MappingProxyType({
     "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
 })
-ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses",
-                      "defang", "raw")
+ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
@@ -401,9 +401,7 @@ class Template:
         parts: List[Tuple[bool, str]] = []
         pos = 0
         for m in TEMPLATE_VAR_RE.finditer(text):
-            if m.start() > 0 and text[m.start() - 1] == "\\":
-                continue
-            if m.group(3) is not None:          # $word: not ours
+            if (m.start() > 0 and text[m.start() - 1] == "\\") or m.group(3) is not None:   # \$x, or $word: not ours
                 continue
             if m.start() > pos:
                 parts.append((False, text[pos:m.start()]))
@@ -425,14 +423,9 @@ class Template:
                 out.append(name)
             elif name in ("_", "0", "*"):
                 out.append(clean(line))
-            elif match is None:
-                out.append("")
-            else:
-                try:
-                    key: Any = int(name) if name.isdigit() else name
-                    out.append(clean(match.group(key) or ""))
-                except IndexError:            # no such group in this pattern
-                    out.append("")
+            elif match is not None:
+                with contextlib.suppress(IndexError):       # no such group in this pattern
+                    out.append(clean(match.group(int(name) if name.isdigit() else name) or ""))
         return "".join(out)
 
 
@@ -481,8 +474,7 @@ class When:
     def allows(self, t: float) -> bool:
         lt = time.localtime(t)
         wday = (lt.tm_wday + 1) % 7            # Perl localtime: 0 = Sunday
-        return (self.days[0] <= wday <= self.days[1]
-                and self.hours[0] <= lt.tm_hour <= self.hours[1])
+        return self.days[0] <= wday <= self.days[1] and self.hours[0] <= lt.tm_hour <= self.hours[1]
 
 
 @dataclass(frozen=True)
@@ -570,9 +562,7 @@ def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
 def split_keyword(line: str) -> Tuple[str, str]:
     """'key value', 'key=value' and 'key = value' all give (key, value)."""
     m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)
-    if not m:
-        return "", line
-    return m.group(1).lower(), m.group(2).strip()
+    return (m.group(1).lower(), m.group(2).strip()) if m else ("", line)
 
 
 def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
@@ -590,9 +580,7 @@ def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pat
     py = py.replace("\\e", "\\x1b").replace("\\@", "@").replace("\\/", "/")
     py = re.sub(r"\[:(\^?)([a-z]+):\]",
                 lambda m: POSIX_CLASSES.get(m.group(2), m.group(0)) if not m.group(1) else m.group(0), py)
-    reflags = 0
-    for f in flags:
-        reflags |= {"i": re.IGNORECASE, "x": re.VERBOSE, "s": re.DOTALL, "m": re.MULTILINE}.get(f, 0)
+    reflags = sum({"i": re.I, "x": re.X, "s": re.S, "m": re.M}.get(f, 0) for f in set(flags))
     try:
         return re.compile(py, reflags)
     except re.error as exc:
@@ -608,13 +596,10 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
     ops = set()
     pos, n = 0, len(value)
     while True:
-        while pos < n and value[pos].isspace():
-            pos += 1
-        negated = False
-        if value.startswith("!", pos):
-            negated, pos = True, pos + 1
-            while pos < n and value[pos].isspace():
-                pos += 1
+        pos = n - len(value[pos:].lstrip())
+        negated = value.startswith("!", pos)
+        if negated:
+            pos = n - len(value[pos + 1:].lstrip())
         if pos < n and value[pos] == "m" and pos + 1 < n and not value[pos + 1].isalnum():
             pos += 1
         if pos >= n or value[pos] not in "/{!|#":
@@ -636,9 +621,7 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         if set(flags) - set("imsxgo"):
             raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
         terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j]))
-        pos = j
-        while pos < n and value[pos].isspace():
-            pos += 1
+        pos = n - len(value[j:].lstrip())
         if pos >= n or value[pos] == "#":
             break
         op = value[pos:pos + 2]
@@ -708,15 +691,13 @@ def find_shell_syntax(command: str) -> Optional[str]:
                 quote = ""
         elif c == "\\":
             i += 1
+        elif c == "`" or command.startswith("$(", i):      # also inside double quotes
+            return command[i:i + 2]
         elif quote == '"':
             if c == '"':
                 quote = ""
-            elif c == "`" or command.startswith("$(", i):
-                return command[i:i + 2]
         elif c in "'\"":
             quote = c
-        elif c == "`" or command.startswith("$(", i):
-            return command[i:i + 2]
         elif c in "|;&<>":
             return command[i:i + 2].strip() or c
         i += 1
@@ -774,8 +755,7 @@ def split_words(value: str) -> List[List[Tuple[str, bool]]]:
 def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Template, ...]:
     """Split an exec/pipe command once, like a shell would, into templates."""
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"' and value.count('"') == 2:
-        value = value[1:-1]                 # swatch configs often quote the whole command
-        value = re.sub(r"\\/", "/", value)
+        value = value[1:-1].replace("\\/", "/")     # swatch configs often quote the whole command
     if not value:
         raise ConfigError(path, lineno, "%s needs a command" % what, "e.g. %s /usr/local/bin/alert $_" % what)
     bad = find_shell_syntax(value)
@@ -787,8 +767,7 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
     try:
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
-        raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc),
-                          "balance the quotes") from None
+        raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc), "balance the quotes") from None
     templates = []
     for w in words:
         for text, literal in w:
@@ -817,8 +796,7 @@ def parse_when(value: str, path: str, lineno: int) -> When:
         a, _, b = s.partition("-")
         lo, up = int(a), int(b or a)
         if not (0 <= lo <= up <= hi):
-            raise ConfigError(path, lineno, "when=%s out of range" % value,
-                              "days are 0-6, hours 0-23, low-high")
+            raise ConfigError(path, lineno, "when=%s out of range" % value, "days are 0-6, hours 0-23, low-high")
         return lo, up
     return When(rng(m.group(1), 6), rng(m.group(2), 23))
 
@@ -862,9 +840,7 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     else:
         rest, opts = split_options(value, ACTION_OPTION_KEYS)
     when = parse_when(opts["when"], path, lineno) if "when" in opts else None
-    message = None
-    if "message" in opts:
-        message = Template.parse(unquote_value(opts["message"]).replace("\\n", "\n"))
+    message = Template.parse(unquote_value(opts["message"]).replace("\\n", "\n")) if "message" in opts else None
     if key in ("exec", "pipe"):
         if opts.get("keep_open") is None and re.search(r"(^|,)\s*keep_open\s*$", rest, re.I):
             rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
@@ -960,8 +936,7 @@ def parse_budget(value: str, path: str, lineno: int) -> Dict[str, Optional[float
             raise ConfigError(path, lineno, "budget %s=%s is not a number above 0" % (k, v),
                               "e.g. %s=15; to send nothing of a kind, remove its dm/tweet actions" % k) from None
         if k != "usd_per_day" and out[k] < 1:
-            raise ConfigError(path, lineno, "budget %s=%s allows no message at all" % (k, v),
-                              "give at least 1")
+            raise ConfigError(path, lineno, "budget %s=%s allows no message at all" % (k, v), "give at least 1")
     return out
 
 
@@ -1058,8 +1033,7 @@ def check_variables(rule: Rule) -> None:
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
     templates: List[Tuple[int, Template]] = []
     for a in rule.actions:
-        templates += [(a.lineno, t) for t in a.argv]
-        templates += [(a.lineno, t) for t in (a.message, a.subject) if t is not None]
+        templates += [(a.lineno, t) for t in (*a.argv, a.message, a.subject) if t is not None]
     if rule.threshold is not None:
         templates.append((rule.lineno, rule.threshold.track_by))
     if rule.throttle is not None and rule.throttle.key is not None:
@@ -1084,8 +1058,7 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
         if parent:
             raise ConfigError(parent, parent_line, "cannot read include %s: %s" % (path, exc.strerror),
                               "include paths are relative to the including file") from None
-        raise ConfigError(path, 0, "cannot read config: %s" % exc.strerror,
-                          "check the path given with -c") from None
+        raise ConfigError(path, 0, "cannot read config: %s" % exc.strerror, "check the path given with -c") from None
     if len(data) > 4 * 1024 * 1024:
         raise ConfigError(path, 0, "config larger than 4 MiB", "is this the right file?")
     if b"\0" in data:
@@ -1149,13 +1122,7 @@ class LineSplitter:
         self.pending = bytes(rest[:self.max_line])          # memory stays bounded
         self.discarded = max(len(rest) - self.max_line, 0)
         self.discarding = self.discarded > 0
-        block = b"".join(out)
-        if not block:
-            return ""
-        block = self._cut_long_lines(block)
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n")
-        return block.decode("utf-8", "replace")
+        return self._cut_long_lines(b"".join(out)).replace(b"\r\n", b"\n").decode("utf-8", "replace")
 
     def _cut_long_lines(self, block: bytes) -> bytes:
         """Cut complete lines longer than max_line.  A line that long holds
@@ -1240,8 +1207,7 @@ class FileTailer:
             return None
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
-        self.missing_logged = False
-        self.error_logged = None
+        self.missing_logged, self.error_logged = False, None
         return fd, st
 
     def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
@@ -1451,6 +1417,7 @@ class FileTailer:
             with contextlib.suppress(OSError):
                 os.close(h.fd)
         self.retired, self.cur = [], None
+
 
 class StreamSource:
     """--examine FILE or --read-pipe CMD, read once to its end with the
@@ -1668,8 +1635,6 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
                 break
             pos = end + 1
     return sorted(starts)
-    # per rule: literals one of which its line must contain (casefolded when
-    # the flag is set), so most rules are skipped without running a regex
 
 
 def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
@@ -1698,9 +1663,7 @@ def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tup
     if th.type == "limit":
         return events <= th.count, [first, events]
     if th.type == "threshold":
-        if events >= th.count:
-            return True, [first, 0]
-        return False, [first, events]
+        return (True, [first, 0]) if events >= th.count else (False, [first, events])
     return events == th.count, [first, events]          # both
 
 
@@ -1722,9 +1685,7 @@ def throttle_fires(rec: Optional[List[float]], now: float, th: Throttle) -> Tupl
 
 
 def throttle_key(th: Throttle, line: str, match: Optional[re.Match]) -> str:
-    if th.key is None:
-        return SYSLOG_STAMP_RE.sub("", line)
-    return th.key.expand(line, match)
+    return SYSLOG_STAMP_RE.sub("", line) if th.key is None else th.key.expand(line, match)
 
 
 def threshold_expired(bucket: List[int], now: float, th: Threshold) -> bool:
@@ -1743,9 +1704,7 @@ def throttle_expired(rec: List[float], now: float, th: Throttle) -> bool:
 
 
 def bounded_key(key: str) -> str:
-    if len(key) <= MAX_KEY:
-        return key
-    return key[:MAX_KEY - 9] + "#%08x" % zlib.crc32(key.encode("utf-8", "replace"))
+    return key if len(key) <= MAX_KEY else key[:MAX_KEY - 9] + "#%08x" % zlib.crc32(key.encode("utf-8", "replace"))
 
 
 def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], bool], steps: int = 2) -> None:
@@ -1770,8 +1729,7 @@ class Sentinel:
                  state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
         self.self_tag: Optional[str] = None
-        self.bytes = 0                    # characters of complete lines seen
-        self.matches = 0
+        self.bytes = self.matches = 0     # characters of complete lines seen, lines matched
         self.quit = False
         self.set_config(config)
 
@@ -1990,10 +1948,8 @@ def new_state() -> Dict[str, Any]:
 
 
 def valid_state(data: Any) -> bool:
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        return False
-    return all(isinstance(data.get(k), t) for k, t in
-               (("files", dict), ("thresholds", dict), ("throttles", dict), ("users", dict)))
+    return isinstance(data, dict) and data.get("version") == STATE_VERSION and all(
+        isinstance(data.get(k), dict) for k in ("files", "thresholds", "throttles", "users"))
 
 
 class StateStore:
@@ -2025,9 +1981,7 @@ class StateStore:
             with contextlib.suppress(OSError):
                 os.replace(self.path, self.path + ".corrupt")
             return new_state(), False
-        base = new_state()
-        base.update(data)
-        return base, True
+        return {**new_state(), **data}, True
 
     def save(self, state: Dict[str, Any]) -> bool:
         data = json.dumps(state, separators=(",", ":"), sort_keys=True).encode("utf-8")
@@ -2036,8 +1990,7 @@ class StateStore:
         except OSError as exc:
             cause = exc.strerror or str(exc)
             if cause != self.failing:
-                LOG.error("cannot write state file %s: %s; keeping the previous one and retrying",
-                          self.path, cause)
+                LOG.error("cannot write state file %s: %s; keeping the previous one and retrying", self.path, cause)
             self.failing = cause
             return False
         if self.failing:
@@ -2336,9 +2289,7 @@ def sanitize(text: str) -> str:
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
     text = strip_controls(text).replace("\t", " ")
-    if text.isascii():
-        return text
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return text if text.isascii() else "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 def char_weight(ch: str) -> int:
@@ -2356,10 +2307,8 @@ def tweet_weight(text: str) -> int:
     a link 23), or more: an emoji sequence counts per code point, and each
     possible link adds its margin."""
     text = unicodedata.normalize("NFC", text)
-    links = len(LINKABLE_DOT_RE.findall(text))
-    if text.isascii():
-        return len(text) + links * TWEET_LINK_MARGIN
-    return sum(char_weight(c) for c in text) + links * TWEET_LINK_MARGIN
+    weight = len(text) if text.isascii() else sum(char_weight(c) for c in text)
+    return weight + len(LINKABLE_DOT_RE.findall(text)) * TWEET_LINK_MARGIN
 
 
 def has_url(text: str) -> bool:
@@ -2384,8 +2333,7 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
         marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
         parts = _greedy_split(text, limit - marker_room, weigh)
         if len(str(len(parts))) <= digits:
-            n = len(parts)
-            return ["%s (%d/%d)" % (p, i, n) for i, p in enumerate(parts, 1)]
+            return ["%s (%d/%d)" % (p, i, len(parts)) for i, p in enumerate(parts, 1)]
     raise ValueError("message too long to split")
 
 
@@ -2413,9 +2361,7 @@ def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str
 
 
 def message_parts(kind: str, text: str) -> List[str]:
-    if kind == "dm":
-        return split_message(text, DM_MAX_CHARS, len)
-    return split_message(text, TWEET_MAX_WEIGHT, tweet_weight)
+    return split_message(text, *((DM_MAX_CHARS, len) if kind == "dm" else (TWEET_MAX_WEIGHT, tweet_weight)))
 
 
 def format_alert(hostname: str, text: str) -> str:
@@ -2423,9 +2369,8 @@ def format_alert(hostname: str, text: str) -> str:
 
 
 def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
-    """'+N alerts since HH:MM:SS:' and as many held lines as fit in one
-    message (the first one cut short if it alone is too long).  Returns
-    (text, how many held lines it carries)."""
+    """('+N alerts since HH:MM:SS:' and as many held lines as fit in one message
+    (the first one cut short if it alone is too long), how many it carries)."""
     head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
                                      time.strftime("%H:%M:%S", time.localtime(since)))
     weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
@@ -2451,12 +2396,8 @@ def classify(resp: XResponse) -> str:
     account's balance or access: both hold every message, never one's
     fault), permanent (this message will never go), retry (back off)."""
     status = resp.status
-    if status in (200, 201):
-        return "ok"
-    if status == 429:
-        return "rate"
-    if status == 401:
-        return "auth"
+    if status in (200, 201, 401, 429):
+        return {401: "auth", 429: "rate"}.get(status, "ok")
     if status == 402 or (status == 403 and ACCOUNT_403_RE.search(resp.detail())):
         return "credit"
     if 400 <= status < 500 and status not in (408, 409, 425):
@@ -2483,9 +2424,7 @@ def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Opti
     if limited and (until is None or until <= now):
         reset = num("x-rate-limit-reset")
         until = min(reset, now + WINDOW_15M + 60.0) if reset is not None and reset > now else now + 60.0
-    if until is not None and until <= now:
-        return None
-    return until
+    return None if until is not None and until <= now else until
 
 
 def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -2523,16 +2462,13 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
 
 
 def message_price(kind: str, text: str) -> float:
-    if kind == "tweet" and has_url(text):
-        return PRICE_USD["tweet_url"]
-    return PRICE_USD[kind]
+    return PRICE_USD["tweet_url" if kind == "tweet" and has_url(text) else kind]
 
 
 def tweet_parts(text: str, seq: int, defang_urls: bool) -> List[str]:
     """The posts for one alert: defanged, split at 280, and every part
     unique (X refuses a post that repeats an earlier one): ' [#seq]'."""
-    if defang_urls:
-        text = defang(text)
+    text = defang(text) if defang_urls else text
     if len(text) > TWEET_MAX_TEXT:                  # a flood of posts helps nobody
         text = text[:TWEET_MAX_TEXT] + "\u2026[cut]"
     tag = " [#%d]" % seq
@@ -2577,9 +2513,8 @@ class Deliverer:
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
         self.rng = rng or random.Random()
-        self.retry_at = -1e18           # monotonic
+        self.retry_at = self.auth_until = -1e18     # monotonic
         self.attempts = 0
-        self.auth_until = -1e18         # monotonic
         self.account_problem = ""      # "auth" or "credit" while X refuses the account
         self.held_logged: Dict[str, float] = {}
         self.block_mono: Dict[str, float] = {}  # kind -> monotonic end of X's block
@@ -2747,8 +2682,7 @@ class Deliverer:
                         len(same), kind, len(batch))
             parts = [text]
         else:
-            batch = [entry]
-            parts = entry_parts(entry)
+            batch, parts = [entry], entry_parts(entry)
         start = int(entry.get("parts", 0)) if len(batch) == 1 else 0
         for i in range(start, len(parts)):
             if i - start >= allowed:
@@ -2912,8 +2846,7 @@ def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
                 opener: Optional[Callable[..., Any]] = None) -> "XClient":
     """The one place a client is made from the command line's options."""
     base = opts.api_base or env.get("BIRDSENTINEL_API_BASE") or DEFAULT_API_BASE     # checked by XClient
-    return XClient(load_credentials(opts.twitter_dir, env, need_token), base,
-                   opener=opener, ca_file=opts.ca_file)
+    return XClient(load_credentials(opts.twitter_dir, env, need_token), base, opener=opener, ca_file=opts.ca_file)
 
 
 @dataclass
@@ -3014,13 +2947,11 @@ class XClient:
         tok, tok_secret = token if token is not None else (self.creds.token, self.creds.token_secret)
         auth = sign_request(method, url, self.creds.consumer_key, self.creds.consumer_secret, tok, tok_secret,
                             nonce=self.nonce(), timestamp=str(int(self.clock())), extra_oauth=extra_oauth)
-        data = None
+        data = b"" if method == "POST" else None
         headers = {"Authorization": auth, "User-Agent": "birdsentinel/" + __version__}
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json"    # not signed: RFC 5849 3.4.1.3.1
-        elif method == "POST":
-            data = b""
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         host = urllib.parse.urlsplit(url).netloc
         try:
@@ -3057,8 +2988,7 @@ class XClient:
         return self.call("GET", path, query={"user.fields": fields} if fields else None)
 
     def request_token(self) -> XResponse:
-        return self.call("POST", "/oauth/request_token", token=("", ""),
-                         extra_oauth=(("oauth_callback", "oob"),))
+        return self.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
 
     def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
         return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
@@ -3109,9 +3039,7 @@ class ActionRunner:
         self.children: List[Child] = []
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
-        self.waiting_bytes = 0
-        self.failures = 0
-        self.enqueued = 0
+        self.waiting_bytes = self.failures = self.enqueued = 0
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
         self.child_env = child_env(os.environ)
 
@@ -3146,8 +3074,7 @@ class ActionRunner:
             self.out.write(text)
 
     def flush(self) -> None:
-        """After each block of lines: output appears at once, but is not
-        flushed line by line."""
+        """After each block of lines: output appears at once, not flushed line by line."""
         if not self.daemon:
             with contextlib.suppress(OSError, ValueError):
                 self.out.flush()
@@ -3318,9 +3245,7 @@ class PipeWriter:
 def child_env(env: Any) -> Dict[str, str]:
     """What a child sees: the locale, time zone and user, and a fixed PATH;
     never $CREDENTIALS_DIRECTORY, proxies or anything else of ours."""
-    kept = {k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}
-    kept["PATH"] = CHILD_PATH
-    return kept
+    return dict({k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}, PATH=CHILD_PATH)
 
 
 def feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
@@ -3374,15 +3299,6 @@ def daemonize() -> int:
     return w
 
 
-def write_pid_file(path: str) -> None:
-    try:
-        if os.path.lexists(path):
-            check_ours(os.lstat(path), path, private=False)
-        atomic_write(path, b"%d\n" % os.getpid(), 0o644)
-    except OSError as exc:
-        raise StateError("cannot write pid file %s: %s" % (path, exc.strerror)) from None
-
-
 class App:
     """One run of the watcher: config, state, outbox, sender, input."""
 
@@ -3399,9 +3315,8 @@ class App:
         self.state_path = opts.state_file or os.path.join(self.script_dir, STATE_NAME)
         self.config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
         self.state_lock = threading.RLock()
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.hup = False
+        self.stop, self.wake = threading.Event(), threading.Event()
+        self.hup = self.dirty = False
         self.lock_fd: Optional[int] = None
         self.sender: Optional[threading.Thread] = None
         self.deliverer: Optional[Deliverer] = None
@@ -3409,7 +3324,6 @@ class App:
         self.store: Optional[StateStore] = None
         self.state = new_state()
         self.last_save = 0.0
-        self.dirty = False
 
     # -- setting up ------------------------------------------------------
     def load_config(self) -> Config:
@@ -3517,10 +3431,9 @@ class App:
         def on_hup(signum: int, frame: Any) -> None:
             self.hup = True
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        for signum, handler in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop), (signal.SIGHUP, on_hup),
+                                (signal.SIGPIPE, signal.SIG_IGN)):
+            signal.signal(signum, handler)
         return r
 
     def reload(self, sentinel: Sentinel, runner: ActionRunner) -> None:
@@ -3563,7 +3476,12 @@ class App:
         try:
             syslog = setup_logging(opts, self.script_dir, opts.daemon, started=True)
             if opts.pid_file:
-                write_pid_file(opts.pid_file)
+                try:
+                    if os.path.lexists(opts.pid_file):
+                        check_ours(os.lstat(opts.pid_file), opts.pid_file, private=False)
+                    atomic_write(opts.pid_file, b"%d\n" % os.getpid(), 0o644)
+                except OSError as exc:
+                    raise StateError("cannot write pid file %s: %s" % (opts.pid_file, exc.strerror)) from None
             wake_r = self.install_signals()
             if report_fd is not None:
                 os.write(report_fd, b"ok")
@@ -3701,11 +3619,9 @@ class App:
             runner.close()
             with self.state_lock:
                 self.state.update(kept)
-            self.dirty = True
             self.save_state(files, force=True)          # the commit: then a finite run delivers
             if finite:
                 self.finish_delivery(time.monotonic() + 60)
-                self.dirty = True
                 self.save_state(files, force=True)      # tweet numbers, user ids, budget use
             for src in sources:
                 src.close()
@@ -3719,12 +3635,9 @@ class App:
 # ==== Command line ===========================================================
 UNSUPPORTED_FLAGS = types.MappingProxyType({
     "--awk-field-syntax": "use regex groups ($1..$9) in the watchfor pattern instead",
-    "--extra-include-dir": "custom Perl action modules are not supported",
-    "-I": "custom Perl action modules are not supported",
-    "--extra-module": "custom Perl action modules are not supported",
-    "-M": "custom Perl action modules are not supported",
-    "--old-style-config": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
-    "-O": "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)",
+    **dict.fromkeys(("--extra-include-dir", "-I", "--extra-module", "-M"),
+                    "custom Perl action modules are not supported"),
+    **dict.fromkeys(("--old-style-config", "-O"), "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)"),
     "--dump-script": "there is no generated script; --check shows what the config does",
     "--input-record-separator": "lines end at newlines",
 })
@@ -3804,8 +3717,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
         import logging.handlers as loghandlers      # local name: 'logging' stays the module
     try:
         if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
-            handler = loghandlers.SysLogHandler(address="/dev/log",
-                                                     facility=loghandlers.SysLogHandler.LOG_DAEMON)
+            handler = loghandlers.SysLogHandler(address="/dev/log", facility=loghandlers.SysLogHandler.LOG_DAEMON)
             handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
             syslog = True
         elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
@@ -3885,14 +3797,13 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
                   opener: Optional[Callable[..., Any]] = None) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
     client = client_from(opts, env, False, opener)
-    base = client.api_base
     resp = client.request_token()
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
         LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
                   "and that the app has a callback URL set", resp.status, resp.detail())
         return EX_CONFIG if resp.status == 401 else EX_FAIL
-    url = "%s/oauth/authorize?oauth_token=%s" % (base, percent_encode(form["oauth_token"]))
+    url = "%s/oauth/authorize?oauth_token=%s" % (client.api_base, percent_encode(form["oauth_token"]))
     out.write("Open this address, log in as the account that will SEND the alerts, and approve:\n"
               "  %s\nThen type the PIN X shows: " % url)
     out.flush()
@@ -3964,9 +3875,8 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
                 problems.append("credential dir %s is open to every user (mode %04o): chmod 0750 %s"
                                 % (directory, stat.S_IMODE(st.st_mode), directory))
             for name in SECRET_NAMES:
-                path = os.path.join(directory, name)
                 try:
-                    read_secret(path, checked)
+                    read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
     return problems
@@ -4025,9 +3935,7 @@ def check_recipient(client: XClient, to: str, sender: str) -> str:
     user, why = read_user(resp, to or sender)
     if user is None:
         return why
-    if to and user.get("receives_your_dm") is False:
-        return dm_hint(to, sender)
-    return ""
+    return dm_hint(to, sender) if to and user.get("receives_your_dm") is False else ""
 
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
@@ -4039,11 +3947,8 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
     inp = inp or sys.stdin
     try:
         opts = parse_args(argv)
-        if opts.help:
-            out.write(__doc__)
-            return EX_OK
-        if opts.version:
-            out.write("birdsentinel %s\n" % __version__)
+        if opts.help or opts.version:
+            out.write(__doc__ if opts.help else "birdsentinel %s\n" % __version__)
             return EX_OK
         setup_logging(opts)
         for flag in IGNORED_FLAGS:
