@@ -424,8 +424,10 @@ class Template:
             elif name in ("_", "0", "*"):
                 out.append(clean(line))
             elif match is not None:
-                with contextlib.suppress(IndexError):       # no such group in this pattern
+                try:
                     out.append(clean(match.group(int(name) if name.isdigit() else name) or ""))
+                except IndexError:                  # no such group in this pattern
+                    pass
         return "".join(out)
 
 
@@ -1122,7 +1124,10 @@ class LineSplitter:
         self.pending = bytes(rest[:self.max_line])          # memory stays bounded
         self.discarded = max(len(rest) - self.max_line, 0)
         self.discarding = self.discarded > 0
-        return self._cut_long_lines(b"".join(out)).replace(b"\r\n", b"\n").decode("utf-8", "replace")
+        block = self._cut_long_lines(b"".join(out))
+        if b"\r" in block:                         # a search is cheaper than the copy replace() makes
+            block = block.replace(b"\r\n", b"\n")
+        return block.decode("utf-8", "replace")
 
     def _cut_long_lines(self, block: bytes) -> bytes:
         """Cut complete lines longer than max_line.  A line that long holds
@@ -1793,7 +1798,7 @@ class Sentinel:
         return m is not None and m.group(1) == self.self_tag
 
     def process_line(self, line: str) -> None:
-        if self.is_own_line(line):
+        if self.self_tag is not None and self.self_tag in line and self.is_own_line(line):  # no call per line
             return
         folded: Optional[str] = None
         for rule, single, check in self.steps:
@@ -3070,8 +3075,10 @@ class ActionRunner:
     def write_out(self, text: str) -> None:
         if self.daemon:
             return
-        with contextlib.suppress(OSError, ValueError):
+        try:                                        # not contextlib.suppress: this runs for every line
             self.out.write(text)
+        except (OSError, ValueError):
+            pass
 
     def flush(self) -> None:
         """After each block of lines: output appears at once, not flushed line by line."""
