@@ -8,7 +8,6 @@ length of the jump, and a forward jump just ends it.
 """
 
 import io
-import json
 import random
 import threading
 import urllib.error
@@ -17,30 +16,11 @@ import urllib.parse
 import pytest
 
 import birdsentinel as bs
-from fakes import Resp, headers_of
+from fakes import T0, FakeClock, FakeOpener
 
-T0 = 1_700_000_000.0
 M0 = 7_000.0
 HOUR = 3600.0
 EPS = 1e-6
-
-
-class Clocks:
-    def __init__(self):
-        self.wall, self.mono = T0, M0
-
-    def now(self):
-        return self.wall
-
-    def monotonic(self):
-        return self.mono
-
-    def advance(self, s):
-        self.wall += s
-        self.mono += s
-
-    def jump(self, s):                  # only the wall clock moves
-        self.wall += s
 
 
 # -- thresholds ----------------------------------------------------------------
@@ -106,7 +86,7 @@ def echoed(out):
 
 
 def test_sentinel_threshold_suppression_is_not_frozen_by_a_backward_jump():
-    c = Clocks()
+    c = FakeClock(T0, M0)
     s, out = make_sentinel("watchfor /fail (\\S+)/\n  threshold track_by=$1,type=limit,count=2,seconds=600\n  echo\n",
                            c.now)
     for i in range(4):                                  # 2 act, 2 suppressed
@@ -164,7 +144,7 @@ def test_throttle_with_threshold_backward_jump():
 
 
 def test_sentinel_throttle_with_wall_jumps():
-    c = Clocks()
+    c = FakeClock(T0, M0)
     s, out = make_sentinel("watchfor /disk full/\n  throttle 10:00\n  echo\n", c.now)
     s.process_text("disk full\n")
     c.advance(60)
@@ -183,33 +163,9 @@ def test_sentinel_throttle_with_wall_jumps():
 
 # -- delivery: a fake X behind the opener ---------------------------------------
 
-
-
-
-class Opener:
-    """Scriptable: a queue of answers; 201 when it is empty."""
-
-    def __init__(self, clocks):
-        self.clocks = clocks
-        self.script = []
-        self.calls = []                      # (wall, mono, text)
-
-    def __call__(self, req, timeout):
-        text = json.loads(req.data.decode())["text"] if req.data else None
-        self.calls.append((self.clocks.wall, self.clocks.mono, text))
-        item = self.script.pop(0) if self.script else (201, {"data": {"dm_event_id": "1"}}, {})
-        if isinstance(item, BaseException):
-            raise item
-        status, body, headers = item
-        if 200 <= status < 300:
-            return Resp(status, body, headers)
-        raise urllib.error.HTTPError(req.full_url, status, "err", headers_of(headers),
-                                     io.BytesIO(json.dumps(body).encode()))
-
-
 def rig(tmp_path, budget=None, seed=5):
-    c = Clocks()
-    op = Opener(c)
+    c = FakeClock(T0, M0)
+    op = FakeOpener(clock=c)                  # 201 when its script is empty
     outbox = bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "dead"), fsync=False)
     outbox.load()
     state = bs.new_state()
@@ -246,7 +202,7 @@ def backoff_run(tmp_path, jumps):
         else:
             c.advance(w)
     assert d.step() == 0.0 and len(outbox) == 0
-    return delays, [x[1] - M0 for x in op.calls]
+    return delays, [x["mono"] - M0 for x in op.calls]
 
 
 def test_backoff_ignores_wall_clock_jumps(tmp_path):
@@ -295,7 +251,7 @@ def test_rate_limit_wait_is_unchanged_by_a_wall_jump(tmp_path, jump):
     assert len(op.calls) == 1
     c.advance(1)
     assert d.step() == 0.0
-    assert len(op.calls) == 2 and op.calls[1][2] == "m0"
+    assert len(op.calls) == 2 and op.calls[1]["text"] == "m0"
 
 
 def test_24_hour_reset_is_kept_on_the_monotonic_clock(tmp_path):
@@ -358,6 +314,6 @@ def test_deliverer_backward_jump_after_a_full_window_does_not_stall_for_an_hour(
             break
         w = d.step()
         c.advance(max(w, 0.0))
-    assert len(outbox) == 0 and op.calls[-1][2] == "late"
-    waited = op.calls[-1][0] - jumped_at
+    assert len(outbox) == 0 and op.calls[-1]["text"] == "late"
+    waited = op.calls[-1]["t"] - jumped_at
     assert waited <= 900 + 5, "the budget held a message %.0f s after a backward clock jump" % waited

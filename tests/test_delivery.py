@@ -21,54 +21,31 @@ import pytest
 
 import birdsentinel as bs
 from fakex import weighted_length
-from fakes import Resp, headers_of
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t=T0):
-        self.t = float(t)
-
-    def __call__(self):
-        return self.t
-
-    def advance(self, s):
-        self.t += s
-
-
-
+from fakes import T0, FakeClock, FakeOpener
 
 
 def problem(status, detail):
     return {"title": "x", "detail": detail, "type": "about:blank", "status": status}
 
 
-class FakeX:
-    """A scriptable stand-in for X behind the opener callable."""
+class FakeX(FakeOpener):
+    """A scriptable stand-in for X behind the opener callable: POSTs take
+    their answers from `script`, GETs from `lookup_script`; the default
+    answers like X does, by path."""
 
     def __init__(self, clock, users=None):
-        self.clock = clock
+        super().__init__(default=self._default, clock=clock)
         self.users = {"alice": "1001", "bob": "1002"} if users is None else users
-        self.calls = []
-        self.script = []            # for POSTs: (status, body, headers) or an exception instance
-        self.lookup_script = []     # same, for GETs
+        self.lookup_script = []     # same as script, for GETs
 
-    def __call__(self, req, timeout):
-        u = urllib.parse.urlsplit(req.full_url)
-        auth = req.get_header("Authorization")
-        rec = {"t": self.clock(), "method": req.get_method(), "path": u.path, "url": req.full_url,
-               "auth": auth, "json": json.loads(req.data.decode()) if req.data else None,
-               "timeout": timeout}
-        self.calls.append(rec)
+    def record(self, req, timeout):
+        rec = super().record(req, timeout)
+        rec["auth"] = req.get_header("Authorization")
+        return rec
+
+    def next_answer(self, rec):
         script = self.lookup_script if rec["method"] == "GET" else self.script
-        if script:
-            item = script.pop(0)
-            if isinstance(item, BaseException):
-                raise item
-            if item is not None:
-                return self._answer(req, *item)
-        return self._answer(req, *self._default(rec))
+        return script.pop(0) if script else None
 
     def _default(self, rec):
         p = rec["path"]
@@ -86,13 +63,6 @@ class FakeX:
         if p == "/2/tweets":
             return 201, {"data": {"id": "5", "text": rec["json"]["text"]}}, {}
         return 404, problem(404, "Not Found"), {}
-
-    @staticmethod
-    def _answer(req, status, body, headers):
-        if 200 <= status < 300:
-            return Resp(status, body, headers)
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        raise urllib.error.HTTPError(req.full_url, status, "err", headers_of(headers), io.BytesIO(raw))
 
     # views
     def sends(self):
@@ -119,7 +89,7 @@ CREDS = ("ck", "cs-SECRET", "1-tok", "ts-SECRET")
 
 class Rig:
     def __init__(self, tmp_path, budget=None, users=None, state=None):
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.x = FakeX(self.clock, users)
         self.outbox_path = str(tmp_path / "birdsentinel.outbox")
         self.dead_path = str(tmp_path / "birdsentinel.dead")
@@ -130,7 +100,7 @@ class Rig:
         b = dict(bs.DEFAULT_BUDGET)
         b.update(budget or {})
         self.d = bs.Deliverer(self.outbox, self.client, self.state, threading.RLock(), b,
-                              clock=self.clock, rng=random.Random(7), monotonic=self.clock)
+                              clock=self.clock, rng=random.Random(7), monotonic=self.clock.monotonic)
 
     def add(self, text, to="1001", kind="dm", **extra):
         return self.outbox.add(kind, to, text, self.clock(), extra or None)

@@ -8,7 +8,6 @@ daemon is stopped (SIGTERM, then SIGKILL by pid) in a finally block.
 """
 
 import http.client
-import io
 import json
 import logging
 import os
@@ -27,9 +26,8 @@ import pytest
 import birdsentinel as bs
 from conftest import record_secret_scan_file, record_secret_scan_text
 from fakex import FakeX
-from fakes import LogCapture, Resp, headers_of, print_figures, read_text, wait_until
+from fakes import T0, FakeClock, LogCapture, answer, print_figures, read_text, wait_until
 
-T0 = 1_700_000_000.0
 M0 = 5_000.0                         # the monotonic clock has its own origin
 EPS = 1e-6
 
@@ -43,36 +41,7 @@ def _print_figures(request):
     print_figures(request, FIGURES)
 
 
-# -- fakes -------------------------------------------------------------------
-
-class Clocks:
-    """A wall clock and a monotonic clock that advance together."""
-
-    def __init__(self, wall=T0, mono=M0):
-        self.wall, self.mono = float(wall), float(mono)
-
-    def now(self):
-        return self.wall
-
-    def monotonic(self):
-        return self.mono
-
-    def advance(self, s):
-        assert s >= 0
-        self.wall += s
-        self.mono += s
-
-
-
-
-
-def answer(req, status, body, headers=None):
-    """What urllib does: a response for 2xx, HTTPError for the rest."""
-    if 200 <= status < 300:
-        return Resp(status, body, headers)
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    raise urllib.error.HTTPError(req.full_url, status, "error", headers_of(headers), io.BytesIO(raw))
-
+# -- fakes (the clocks and answer() are tests/fakes.py's) ----------------------
 
 def ok_answer(req):
     path = urllib.parse.urlsplit(req.full_url).path
@@ -137,7 +106,7 @@ def network_error(rng):
 
 
 def test_hour_long_outage_backs_off_to_the_cap_without_busy_loop_then_drains_in_order(tmp_path, logs):
-    clocks = Clocks()
+    clocks = FakeClock(T0, M0)
     outage_end = T0 + 3600.0
     erng = random.Random(3)
     requests = []                                   # (wall, mono, ok, text)
@@ -234,7 +203,7 @@ def test_hour_long_outage_backs_off_to_the_cap_without_busy_loop_then_drains_in_
 # -- (b) a day of 429s --------------------------------------------------------
 
 def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_hold_the_rest(tmp_path, logs):
-    clocks = Clocks()
+    clocks = FakeClock(T0, M0)
     day_end = T0 + 86400.0
     log = []                                        # (wall, path, status, text)
     not_before = [T0]                               # the reset X announced last

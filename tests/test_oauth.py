@@ -22,6 +22,7 @@ from oauthlib.oauth1 import Client as OAuthClient
 from oauthlib.oauth1 import RequestValidator, ResourceEndpoint
 
 import birdsentinel as bs
+from fakes import FakeOpener
 
 
 def parse_auth_header(header):
@@ -234,30 +235,16 @@ def test_signing_key_encodes_both_secrets():
     assert bs.hmac_sha1_signature("BASE", "cs") == want2
 
 
-class _FakeResp:
-    status = 201
-    headers = {}
-
-    def read(self, n=-1):
-        return b"{}"
-
-    def close(self):
-        pass
-
-
 def test_json_body_never_changes_the_signature():
     """RFC 5849 3.4.1.3.1: only form bodies are parameters; X v2 sends JSON."""
-    seen = []
-
-    def opener(req, timeout):
-        seen.append(req)
-        return _FakeResp()
+    opener = FakeOpener(default=(201, b"{}"))
 
     client = bs.XClient(bs.Credentials("ck", "cs", "tok", "ts"), "https://api.x.com", opener=opener,
                         clock=lambda: 1700000000.0, nonce=lambda: "fixednonce")
     client.call("POST", "/2/tweets", json_body={"text": "one"})
     client.call("POST", "/2/tweets", json_body={"text": "two", "status": "x=y&oauth_token=z"})
     client.call("POST", "/2/tweets", json_body={"text": "a=b&c=d"})
+    seen = [c["req"] for c in opener.calls]
     hdrs = [r.get_header("Authorization") for r in seen]
     assert hdrs[0] == hdrs[1] == hdrs[2]
     assert hdrs[0] == bs.sign_request("POST", "https://api.x.com/2/tweets", "ck", "cs", "tok", "ts",

@@ -13,9 +13,7 @@ secret could slip out: reprs, network errors, credential-file errors, and the
 output of runs where X answers 401.
 """
 
-import email.message
 import io
-import json
 import logging
 import os
 import random
@@ -27,12 +25,12 @@ import sys
 import threading
 import time
 import traceback
-import urllib.error
 
 import pytest
 
 import birdsentinel as bs
 from conftest import SECRET_VALUES, record_secret_scan_file, record_secret_scan_text
+from fakes import FakeOpener
 from fakex import FakeX
 
 CK, CS, AT, ATS = "ck-test", "cs-test-SECRET", "1-at-test", "ats-test-SECRET"     # fakex's defaults
@@ -354,13 +352,6 @@ def test_401_daemon_log_and_files_leak_nothing(fx, tmp_path, script):
 
 # -- what X (or a proxy on the way) says back -------------------------------------------
 
-def _hdrs(d):
-    m = email.message.Message()
-    for k, v in d.items():
-        m[k] = v
-    return m
-
-
 def test_an_error_answer_echoing_the_request_is_not_logged_verbatim(tmp_path, logs):
     """A middlebox or a debugging proxy may answer with the request it got,
     Authorization header included.  X's words go into the log and the
@@ -378,14 +369,11 @@ def test_an_error_answer_echoing_the_request_is_not_logged_verbatim(tmp_path, lo
 
 
 def echo_run(d, status):
-    seen = []
+    def echo(rec):
+        auth = rec["req"].get_header("Authorization")
+        return status, {"detail": "rejected request: Authorization: %s" % auth}, {"content-type": "application/json"}
 
-    def opener(req, timeout):
-        auth = req.get_header("Authorization")
-        seen.append(auth)
-        body = json.dumps({"detail": "rejected request: Authorization: %s" % auth}).encode()
-        raise urllib.error.HTTPError(req.full_url, status, "err", _hdrs({"content-type": "application/json"}),
-                                     io.BytesIO(body))
+    opener = FakeOpener(default=echo)
 
     outbox = bs.Outbox(os.path.join(d, "ob"), os.path.join(d, "dead"), fsync=False)
     outbox.load()
@@ -394,7 +382,7 @@ def echo_run(d, status):
     deliverer = bs.Deliverer(outbox, client, bs.new_state(), threading.RLock(), dict(bs.DEFAULT_BUDGET),
                              rng=random.Random(1))
     deliverer.step()
-    assert seen and "oauth_signature=" in seen[0]
+    assert opener.calls and "oauth_signature=" in opener.calls[0]["req"].get_header("Authorization")
     texts = ["\n".join(_LOGS[-1].lines)]
     if os.path.exists(os.path.join(d, "dead")):
         texts.append(open(os.path.join(d, "dead")).read())

@@ -21,27 +21,18 @@ import pytest
 
 import birdsentinel as bs
 from conftest import record_secret_scan_text
-from fakes import print_figures
+from fakes import T0, FakeClock, print_figures
 from fakex import FakeX, write_creds
 
 PY = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t=T0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 def rig(tmp_path, text):
     """A Sentinel on a fake clock whose echo actions print into a StringIO."""
     config = bs.parse_config(str(tmp_path / "swatch.conf"), text)
-    out, clock = io.StringIO(), Clock()
+    out, clock = io.StringIO(), FakeClock(T0)
     sentinel = bs.Sentinel(config, bs.ActionRunner(out), bs.new_state(), threading.RLock(), clock=clock)
     return sentinel, out, clock
 
@@ -372,7 +363,7 @@ def test_redirected_dm_stays_in_the_outbox(tmp_path, fx, counter):
     outbox.load()
     outbox.add("dm", "1001", "[web1] alert", time.time())
     d = bs.Deliverer(outbox, client_for(fx), bs.new_state(), threading.RLock(), dict(bs.DEFAULT_BUDGET),
-                     rng=random.Random(1), monotonic=Clock())
+                     rng=random.Random(1), monotonic=FakeClock(T0).monotonic)
     redirect(fx, counter)
     d.step()
     assert counter.seen == [] and fx.dms == []

@@ -24,22 +24,10 @@ import pytest
 import birdsentinel as bs
 from birdsentinel import (LOG, MAX_LINE, RETIRED_GRACE, FileTailer, LineSplitter, LockedError,
                           Outbox, StateStore, acquire_lock)
+from fakes import FakeClock
 
 
 # ---- helpers ---------------------------------------------------------------
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
 
 class Collector:
     """on_text: checks the block contract, keeps the lines."""
@@ -119,7 +107,8 @@ def tailers():
 
 def tailer(made, path, saved=None, start_at_end=True, clock=None):
     c = Collector()
-    t = FileTailer(path, c, saved=saved, start_at_end=start_at_end, clock=clock or Clock())
+    clock = clock or FakeClock(1000.0)
+    t = FileTailer(path, c, saved=saved, start_at_end=start_at_end, clock=clock.monotonic)
     made.append(t)
     return t, c
 
@@ -342,7 +331,7 @@ def test_huge_line_in_one_poll_uses_bounded_memory(tailers, log):
 
 def test_rename_create_rotation_reads_lines_appended_to_old_file(tailers, log, logs):
     write(log, "")
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t, c = tailer(tailers, log, clock=clock)
     t.poll()
     append(log, "before 1\n")
@@ -370,7 +359,7 @@ def test_rotated_quiet_file_still_read_during_grace(tailers, log):
     RETIRED_GRACE seconds after the rotation was noticed, not after the
     old file last grew."""
     write(log, "")
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t, c = tailer(tailers, log, clock=clock)
     t.poll()
     append(log, "last line before a quiet hour\n")
@@ -389,7 +378,7 @@ def test_rotated_quiet_file_still_read_during_grace(tailers, log):
 
 def test_rotated_file_read_within_grace_then_closed(tailers, log):
     write(log, "")
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t, c = tailer(tailers, log, clock=clock)
     t.poll()
     os.rename(log, log + ".1")
@@ -416,83 +405,75 @@ def test_rotated_file_read_within_grace_then_closed(tailers, log):
     assert c.take() == ["new file line"]
 
 
-def test_copytruncate_reads_new_lines_and_warns(tailers, log, logs):
-    write(log, "")
-    t, c = tailer(tailers, log)
-    t.poll()
-    append(log, "a long enough line number 1\na long enough line number 2\n")
-    t.poll()
-    assert c.take() == ["a long enough line number 1", "a long enough line number 2"]
+# The other rotations a running tailer sees: each case appends `before`
+# (read as usual), changes the file, polls once and expects `expected`, a
+# warning naming the path (and `warn`'s words) unless `warn` is None, then
+# reads `after` appended to the file left behind, if given.
+
+def copytruncate_running(log, t):
     shutil.copyfile(log, log + ".1")
     os.truncate(log, 0)
     append(log, "after 1\n")
-    t.poll()
-    assert c.take() == ["after 1"]
-    assert warned(logs, log, "shrank")
-    append(log, "after 2\n")
-    t.poll()
-    assert c.take() == ["after 2"]
 
 
-def test_plain_truncation_warns_and_reads_from_zero(tailers, log, logs):
-    write(log, "")
-    t, c = tailer(tailers, log)
-    t.poll()
-    append(log, "evidence line 1\nevidence line 2\nevidence line 3\n")
-    t.poll()
-    c.take()
+def truncate_running(log, t):
     with open(log, "w"):
         pass                                     # : > file
-    t.poll()
-    assert c.take() == []
-    assert warned(logs, log, "shrank")
-    append(log, "fresh\n")
-    t.poll()
-    assert c.take() == ["fresh"]
 
 
-def test_truncate_then_regrow_past_offset_before_poll(tailers, log, logs):
-    write(log, "")
-    t, c = tailer(tailers, log)
-    t.poll()
-    append(log, "Nov 26 10:00:00 host app: old 1\nNov 26 10:00:01 host app: old 2\n")
-    t.poll()
-    c.take()
+REGROWN = ["Nov 27 00:00:%02d host app: NEW %d" % (i, i) for i in range(10)]
+
+
+def truncate_then_regrow_before_poll(log, t):
     old_size = os.path.getsize(log)
-    new = "".join("Nov 27 00:00:%02d host app: NEW %d\n" % (i, i) for i in range(10))
+    new = "".join(line + "\n" for line in REGROWN)
     assert len(new) > old_size
     with open(log, "r+b") as fh:                 # same inode: truncate, then a burst
         fh.truncate(0)
         fh.write(new.encode())
-    t.poll()
-    assert c.take() == ["Nov 27 00:00:%02d host app: NEW %d" % (i, i) for i in range(10)]
-    assert any(log in m for m in messages(logs)), "the truncation is not reported with the path"
 
 
-def test_delete_and_recreate(tailers, log):
-    write(log, "")
-    t, c = tailer(tailers, log)
-    t.poll()
-    append(log, "before delete\n")
-    t.poll()
+def delete_create_running(log, t):
     os.unlink(log)
     write(log, "recreated 1\n")
-    t.poll()
-    append(log, "recreated 2\n")
-    t.poll()
-    assert c.lines == ["before delete", "recreated 1", "recreated 2"]
 
 
-def test_delete_poll_then_recreate(tailers, log):
-    write(log, "")
-    t, c = tailer(tailers, log)
-    t.poll()
+def delete_poll_then_create(log, t):
     os.unlink(log)
     t.poll()                                     # the path is gone for a while
     t.poll()
     write(log, "reborn 1\n")
+
+
+@pytest.mark.parametrize("before, change, expected, warn, after", [
+    pytest.param("a long enough line number 1\na long enough line number 2\n", copytruncate_running,
+                 ["after 1"], ("shrank",), "after 2\n", id="copytruncate"),
+    pytest.param("evidence line 1\nevidence line 2\nevidence line 3\n", truncate_running,
+                 [], ("shrank",), "fresh\n", id="truncate"),
+    pytest.param("Nov 26 10:00:00 host app: old 1\nNov 26 10:00:01 host app: old 2\n",
+                 truncate_then_regrow_before_poll, REGROWN, (), None, id="truncate-then-regrow-past-offset"),
+    pytest.param("before delete\n", delete_create_running,
+                 ["recreated 1"], None, "recreated 2\n", id="delete-create"),
+    pytest.param("", delete_poll_then_create,
+                 ["reborn 1"], None, None, id="delete-poll-then-create"),
+])
+def test_rotation_while_running(tailers, log, logs, before, change, expected, warn, after):
+    write(log, "")
+    t, c = tailer(tailers, log)
     t.poll()
-    assert c.take() == ["reborn 1"]
+    if before:
+        append(log, before)
+        t.poll()
+        assert c.take() == before.splitlines()
+    change(log, t)
+    t.poll()
+    assert c.take() == expected
+    if warn is not None:
+        assert warned(logs, log, *warn), "the change is not reported with the path"
+    if after:
+        append(log, after)
+        t.poll()
+        assert c.take() == after.splitlines()
 
 
 def test_file_missing_at_start_is_waited_for_and_read_from_zero(tailers, log, logs):
@@ -546,26 +527,85 @@ def test_restart_without_new_lines_reads_nothing(tailers, log, logs):
     assert messages(logs) == []
 
 
-def test_rotation_while_stopped_finishes_old_file_then_new_from_zero(tailers, log, logs):
-    write(log, "")
-    t1, c1 = tailer(tailers, log)
-    t1.poll()
-    append(log, "Nov 26 09:00:00 host app: seen before the stop\n")
-    t1.poll()
-    snap = stop(t1)
+# Rotations while birdsentinel is stopped: each case has `before` read and
+# a snapshot taken, changes the file, starts a new tailer from the snapshot,
+# polls once and expects `expected`, a warning naming the path (and `warn`'s
+# words) unless `warn` is None, then reads `after` appended to the (new)
+# file, if given.
+
+def rename_create_stopped(log):
     append(log, "Nov 26 09:00:01 host app: written after the stop, before the rotation\n")
     os.rename(log, log + ".1")
     append(log + ".1", "Nov 26 09:00:02 host app: written to the old file after the rename\n")
     write(log, "Nov 26 09:00:03 host app: new file line 1\n")
+
+
+def rename_no_new_file_yet_stopped(log):
+    append(log, "tail of the old file\n")
+    os.rename(log, log + ".1")
+
+
+def copytruncate_stopped(log):
+    append(log, "Nov 26 09:00:01 host app: written while stopped, then copied\n")
+    shutil.copyfile(log, log + ".1")
+    os.truncate(log, 0)
+    append(log, "Nov 26 09:00:02 host app: after the truncate\n")
+
+
+def truncate_stopped(log):
+    write(log, "short\n")
+
+
+HEAD = "Nov 26 09:00:00 host app: %s\n" % ("h" * 150)
+
+
+def truncate_to_a_prefix_stopped(log):
+    """Same inode, same first bytes, but shorter than the saved offset."""
+    os.truncate(log, len(HEAD))
+    append(log, "appended\n")
+
+
+def delete_create_stopped(log):
+    os.unlink(log)
+    write(log, "recreated while stopped\n")
+
+
+@pytest.mark.parametrize("before, change, expected, warn, after", [
+    pytest.param("Nov 26 09:00:00 host app: seen before the stop\n", rename_create_stopped,
+                 ["Nov 26 09:00:01 host app: written after the stop, before the rotation",
+                  "Nov 26 09:00:02 host app: written to the old file after the rename",
+                  "Nov 26 09:00:03 host app: new file line 1"],
+                 ("rotated",), "Nov 26 09:00:04 host app: new file line 2\n", id="rename-create"),
+    pytest.param("read\n", rename_no_new_file_yet_stopped,
+                 ["tail of the old file"], None, "new file appears\n", id="rename-new-file-not-yet-created"),
+    pytest.param("Nov 26 09:00:00 host app: a line read before the stop\n", copytruncate_stopped,
+                 ["Nov 26 09:00:01 host app: written while stopped, then copied",
+                  "Nov 26 09:00:02 host app: after the truncate"], (), None, id="copytruncate"),
+    pytest.param("a rather long line that was read before the stop\n" * 3, truncate_stopped,
+                 ["short"], (), None, id="truncate"),
+    pytest.param(HEAD + "Nov 26 09:00:01 host app: second\nNov 26 09:00:02 host app: third\n",
+                 truncate_to_a_prefix_stopped, [HEAD.rstrip("\n"), "appended"], ("shrank",), None,
+                 id="truncate-to-a-prefix"),
+    pytest.param("before\n", delete_create_stopped,
+                 ["recreated while stopped"], None, None, id="delete-create"),
+])
+def test_rotation_while_stopped(tailers, log, logs, before, change, expected, warn, after):
+    write(log, "")
+    t1, _ = tailer(tailers, log)
+    t1.poll()
+    append(log, before)
+    t1.poll()
+    snap = stop(t1)
+    change(log)
     t2, c2 = tailer(tailers, log, saved=snap)
     t2.poll()
-    assert c2.take() == ["Nov 26 09:00:01 host app: written after the stop, before the rotation",
-                         "Nov 26 09:00:02 host app: written to the old file after the rename",
-                         "Nov 26 09:00:03 host app: new file line 1"]
-    assert warned(logs, log, "rotated")
-    append(log, "Nov 26 09:00:04 host app: new file line 2\n")
-    t2.poll()
-    assert c2.take() == ["Nov 26 09:00:04 host app: new file line 2"]
+    assert c2.take() == expected
+    if warn is not None:
+        assert warned(logs, log, *warn), "the change is not reported with the path"
+    if after:
+        append(log, after)
+        t2.poll()
+        assert c2.take() == after.splitlines()
 
 
 def test_rotated_while_stopped_is_finished_whole_past_one_bounded_read(tailers, log):
@@ -584,86 +624,6 @@ def test_rotated_while_stopped_is_finished_whole_past_one_bounded_read(tailers, 
         pass
     got = c2.take()
     assert len(got) == n + 1 and got[n - 1].endswith("%020d" % (n - 1)) and got[-1] == "new file line"
-
-
-def test_copytruncate_while_stopped(tailers, log, logs):
-    write(log, "")
-    t1, _ = tailer(tailers, log)
-    t1.poll()
-    append(log, "Nov 26 09:00:00 host app: a line read before the stop\n")
-    t1.poll()
-    snap = stop(t1)
-    append(log, "Nov 26 09:00:01 host app: written while stopped, then copied\n")
-    shutil.copyfile(log, log + ".1")
-    os.truncate(log, 0)
-    append(log, "Nov 26 09:00:02 host app: after the truncate\n")
-    t2, c2 = tailer(tailers, log, saved=snap)
-    t2.poll()
-    assert c2.take() == ["Nov 26 09:00:01 host app: written while stopped, then copied",
-                         "Nov 26 09:00:02 host app: after the truncate"]
-    assert any(log in m for m in messages(logs))
-
-
-def test_truncation_while_stopped_reads_from_zero(tailers, log, logs):
-    write(log, "")
-    t1, _ = tailer(tailers, log)
-    t1.poll()
-    append(log, "a rather long line that was read before the stop\n" * 3)
-    t1.poll()
-    snap = stop(t1)
-    write(log, "short\n")
-    t2, c2 = tailer(tailers, log, saved=snap)
-    t2.poll()
-    assert c2.take() == ["short"]
-    assert any(log in m for m in messages(logs))
-
-
-def test_truncated_to_a_prefix_while_stopped_warns_and_reads_from_zero(tailers, log, logs):
-    """Same inode, same first bytes, but shorter than the saved offset."""
-    head = "Nov 26 09:00:00 host app: %s\n" % ("h" * 150)
-    write(log, "")
-    t1, _ = tailer(tailers, log)
-    t1.poll()
-    append(log, head + "Nov 26 09:00:01 host app: second\nNov 26 09:00:02 host app: third\n")
-    t1.poll()
-    snap = stop(t1)
-    os.truncate(log, len(head))
-    append(log, "appended\n")
-    t2, c2 = tailer(tailers, log, saved=snap)
-    t2.poll()
-    assert c2.take() == [head.rstrip("\n"), "appended"]
-    assert warned(logs, log, "shrank")
-
-
-def test_deleted_and_recreated_while_stopped(tailers, log):
-    write(log, "")
-    t1, _ = tailer(tailers, log)
-    t1.poll()
-    append(log, "before\n")
-    t1.poll()
-    snap = stop(t1)
-    os.unlink(log)
-    write(log, "recreated while stopped\n")
-    t2, c2 = tailer(tailers, log, saved=snap)
-    t2.poll()
-    assert c2.take() == ["recreated while stopped"]
-
-
-def test_rotated_while_stopped_and_new_file_not_yet_created(tailers, log):
-    write(log, "")
-    t1, _ = tailer(tailers, log)
-    t1.poll()
-    append(log, "read\n")
-    t1.poll()
-    snap = stop(t1)
-    append(log, "tail of the old file\n")
-    os.rename(log, log + ".1")
-    t2, c2 = tailer(tailers, log, saved=snap)
-    t2.poll()
-    assert c2.take() == ["tail of the old file"]
-    write(log, "new file appears\n")
-    t2.poll()
-    assert c2.take() == ["new file appears"]
 
 
 def test_restart_after_rotation_seen_while_running_does_not_reread_old_file(tailers, log):

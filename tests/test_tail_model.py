@@ -33,14 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import birdsentinel as bs
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
+from fakes import FakeClock
 
 
 SEED = 20240611
@@ -56,9 +49,9 @@ class TailerModel(RuleBasedStateMachine):
         # history from before birdsentinel ran: never to be read
         with open(self.path + ".0", "wb") as fh:
             fh.write(b"H1-rotated-last-week\nH2-rotated-last-week\n")
-        self.clock = Clock()
+        self.clock = FakeClock(1000.0)
         self.blocks = []
-        self.tailer = bs.FileTailer(self.path, self.blocks.append, saved=None, clock=self.clock)
+        self.tailer = bs.FileTailer(self.path, self.blocks.append, saved=None, clock=self.clock.monotonic)
         self.tailer.poll()                   # first sight of the (empty) file
         self.saved = None
         self.next_id = 0
@@ -230,7 +223,8 @@ class TailerModel(RuleBasedStateMachine):
                 self.old_path = None
             else:                            # still the saved file: finished at the next start
                 self.old_via_sibling = True
-        self.tailer = bs.FileTailer(self.path, self.blocks.append, saved=self.saved, clock=self.clock)
+        self.tailer = bs.FileTailer(self.path, self.blocks.append, saved=self.saved,
+                                    clock=self.clock.monotonic)
         self.running = False
         self.trace.append("restart (saved offset %s, fp %s)" % (
             self.saved and self.saved["offset"], self.saved and self.saved["fp"][:8]))

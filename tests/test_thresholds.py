@@ -11,6 +11,7 @@ import pytest
 import birdsentinel as bs
 from birdsentinel import (ActionRunner, Sentinel, Threshold, Throttle, Template, parse_config,
                           threshold_fires, throttle_fires, throttle_key)
+from fakes import FakeClock
 
 NO_KEY = Template.parse("")
 
@@ -205,14 +206,6 @@ def test_bounded_key():
 
 
 # -- end to end through Sentinel ------------------------------------------------------
-
-class FakeClock:
-    def __init__(self, t=1_700_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
 
 class Rig:
     def __init__(self, tmp_path, text, state=None, clock=None):

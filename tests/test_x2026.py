@@ -30,7 +30,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import LogCapture, read_text, wait_until
+from fakes import FakeClock, LogCapture, read_text, wait_until
 from fakex import NO_CREDITS_BODY, TOO_LONG_DETAIL, FakeX, write_creds
 
 CK, CS, AT, ATS = "ck-x26", "cs-x26-SECRET", "999-at-x26", "ats-x26-SECRET"   # conftest scans for *-SECRET
@@ -82,7 +82,7 @@ def dm_requests(fx):
 
 class Rig:
     def __init__(self, tmp_path, fx):
-        self.wall, self.mono = time.time(), 1000.0
+        self.clock = FakeClock(time.time(), 1000.0)
         self.fx = fx
         self.dead_path = str(tmp_path / "birdsentinel.dead")
         self.outbox_path = str(tmp_path / "birdsentinel.outbox")
@@ -92,14 +92,13 @@ class Rig:
         # OAuth timestamps use real time: the fake checks them against its own clock
         client = bs.XClient(bs.Credentials(CK, CS, AT, ATS), fx.base_url, clock=time.time)
         self.d = bs.Deliverer(self.outbox, client, self.state, threading.RLock(), dict(bs.DEFAULT_BUDGET),
-                              clock=lambda: self.wall, monotonic=lambda: self.mono, rng=random.Random(7))
+                              clock=self.clock.now, monotonic=self.clock.monotonic, rng=random.Random(7))
 
     def advance(self, s):
-        self.wall += s
-        self.mono += s
+        self.clock.advance(s)
 
     def add(self, text, to="1001"):
-        self.outbox.add("dm", to, text, self.wall, None)
+        self.outbox.add("dm", to, text, self.clock.wall, None)
 
     def run(self, until=None, max_steps=60, cap=3600.0):
         """Step, jumping the clocks over each wait (at most `cap` seconds at a time)."""
@@ -131,15 +130,15 @@ def test_no_credits_keeps_every_message_retries_every_15_min_and_at_nudge(tmp_pa
     rig.d.step()
     assert [r["status"] for r in dm_requests(fx)] == [status]
     # nothing more for the next 14 minutes: no back-off retries, nothing dead-lettered
-    start = rig.mono
-    while rig.mono - start < 14 * 60:
+    start = rig.clock.mono
+    while rig.clock.mono - start < 14 * 60:
         w = rig.d.step()
         assert w > 0
         rig.advance(min(w, 60))
     assert len(dm_requests(fx)) == 1
     assert fx.dms == [] and len(rig.outbox) == 5 and rig.pending_on_disk() == texts
     assert rig.dead() == [] and rig.state.get("dead", 0) == 0
-    rig.mono = start + 15 * 60                                   # every 15 minutes...
+    rig.clock.mono = start + 15 * 60                             # every 15 minutes...
     rig.d.step()
     assert len(dm_requests(fx)) == 2
     assert rig.d.step() > 0 and len(dm_requests(fx)) == 2
