@@ -1340,6 +1340,8 @@ class FileTailer:
             self.on_text(text + "\n")
 
     def _retire(self, h: Handle) -> None:
+        while self._drain(h):                       # the saved offset will be the new file's: all of the old
+            pass
         h.last_growth = self.clock()              # the grace starts at the rotation
         self.retired.append(h)
         while len(self.retired) > 4:
@@ -1591,8 +1593,8 @@ def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
     alts = []
     for t in terms:
         src = t.regex.pattern
-        if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)", src):
-            return None                       # back-references, global flags
+        if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)|\(\?<?[=!]", src):
+            return None                       # back-references, global flags, lookarounds (see newlines)
         src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
         fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE))
                      if t.regex.flags & bit)
@@ -1616,7 +1618,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
             if lowered is None:
                 # casefold() maps every character that re.IGNORECASE takes
                 # for an ASCII letter (K, long s, dotted I) to that letter
-                lowered = text.casefold()
+                lowered = text.casefold().replace("\u0131", "i")     # and dotless i, which casefold keeps
                 if len(lowered) != len(text):      # lengths changed: no shortcut
                     return None
             hay = lowered
@@ -1808,7 +1810,7 @@ class Sentinel:
             elif check is not None:
                 lits, ci = check
                 if ci and folded is None:
-                    folded = line.casefold()
+                    folded = line.casefold().replace("\u0131", "i")
                 hay = folded if ci else line
                 if not any(lit in hay for lit in lits):
                     continue                        # cannot match: skip the regex
@@ -2100,7 +2102,7 @@ class Outbox:
             for e in entries.values():
                 if e["id"] not in late:
                     self._keep(e)
-            self.next_id = max(self.next_id, last_id + 1)
+            self.next_id = max(self.next_id, last_id + 1, (committed or 0) + 1)     # a compacted journal holds no ids
             self.committed = committed
             self.lost_changed = False
             if unreadable:
@@ -2235,10 +2237,15 @@ class Outbox:
             if self.journal_bytes > 2 * self.text_bytes + 200 * len(self.entries) + (1 << 20):
                 self.compact()              # most of the journal is done records
 
-    def take_lost(self, kind: str, to: str) -> None:
-        """The count of alerts not kept for this recipient was sent."""
+    def take_lost(self, kind: str, to: str, sent: Dict[str, int]) -> None:
+        """These counts of alerts not kept for this recipient were sent."""
         with self.lock:
-            self.lost_changed = self.lost.pop("%s %s" % (kind, to), None) is not None or self.lost_changed
+            counts = self.lost.get("%s %s" % (kind, to), {})
+            for label, n in sent.items():
+                left = counts.pop(label, 0) - n
+                if left > 0:
+                    counts[label] = left
+            self.lost_changed = True
 
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
@@ -2249,10 +2256,9 @@ class Outbox:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            LOG.error("cannot write dead-letter file %s: %s; the message stays in the outbox",
-                      self.dead_path, exc.strerror)
-            return
+        except (OSError, BirdError) as exc:         # else X would be asked again and again
+            LOG.error("cannot write dead-letter file %s: %s; the refused message is here instead: %s",
+                      self.dead_path, getattr(exc, "strerror", None) or exc, json.dumps(rec))
         self.done([entry["id"]])
 
     def pending(self) -> List[Dict[str, Any]]:
@@ -2664,10 +2670,11 @@ class Deliverer:
         to_id = self._resolve(entry) if kind == "dm" else ""
         if kind == "dm" and to_id is None:
             return
-        lost = self.outbox.lost.get("%s %s" % (kind, entry["to"]))
+        with self.outbox.lock:                      # counts that come in during the send stay
+            lost = dict(self.outbox.lost.get("%s %s" % (kind, entry["to"])) or {})
         # the last message a window allows, or the first after holding, is a
         # digest when more wait than the window allows
-        digest = allowed == 1 or kind in self.summarize_next
+        digest = (allowed == 1 or kind in self.summarize_next) and not entry.get("parts")
         self.summarize_next.discard(kind)
         same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
         if lost:                                    # first say what the full outbox did not keep
@@ -2700,7 +2707,7 @@ class Deliverer:
             if i + 1 < len(parts) and batch:                # a restart goes on with the next part
                 self.outbox.part_sent(entry, i + 1)
         if lost:
-            self.outbox.take_lost(kind, entry["to"])
+            self.outbox.take_lost(kind, entry["to"], lost)
             LOG.warning("sent the count of %d alert(s) the full outbox did not keep", sum(lost.values()))
         self.outbox.done([e["id"] for e in batch])
         self.attempts = 0
@@ -3105,6 +3112,8 @@ class ActionRunner:
         key = (action.lineno, action.argv)
         pipe = self.pipes.get(key)
         if pipe is None or pipe.proc.poll() is not None:
+            with contextlib.suppress(queue.Full, AttributeError):
+                pipe.lines.put_nowait(None)         # the old writer's thread ends
             try:
                 pipe = self.pipes[key] = PipeWriter(self._popen(argv, subprocess.PIPE))
             except OSError as exc:
@@ -3187,6 +3196,8 @@ class ActionRunner:
             if rc is not None:
                 self.children.remove(c)
         for key, pipe in list(self.pipes.items()):
+            if pipe.full_since is not None and not pipe.lines.full():
+                pipe.full_since = None              # the reader caught up after a burst
             if pipe.full_since is not None and now - pipe.full_since > PIPE_STALL:
                 pipe.proc.kill()
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
@@ -3237,7 +3248,9 @@ class PipeWriter:
             for data in iter(self.lines.get, None):
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
+        with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.close()
+        self.proc.wait()                            # no fd, thread or zombie left per restart
 
     def put(self, data: bytes, now: float) -> None:
         """Queue a line; a full queue drops it (counted) and starts the stall clock."""
@@ -3526,6 +3539,8 @@ class App:
         self.wake.set()
         if self.sender is not None:
             self.sender.join(timeout=HTTP_TIMEOUT + 5)
+            if self.sender.is_alive():              # still in a slow send: two senders would send twice
+                deadline = 0.0
             self.sender = None
         while time.monotonic() < deadline and len(self.deliverer.outbox):
             if self.deliverer.step() > 0:
@@ -3592,7 +3607,8 @@ class App:
                 if files:                   # the commit point, right after alerts reach the outbox
                     self.save_state(files, force=runner.enqueued != enqueued)
                 enqueued = runner.enqueued
-                if opts.once or sentinel.quit or self.stop.is_set() or all(s.done for s in sources):
+                if (opts.once and not any(s.more for s in sources)) or sentinel.quit or self.stop.is_set() \
+                        or all(s.done for s in sources):
                     break
                 if self.hup:
                     self.reload(sentinel, runner)
