@@ -1,0 +1,330 @@
+"""Regression tests for the ten bugs of the code review: each test is the
+reviewer's reproduction, made small, and fails on the code before the fixes."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import types
+
+import pytest
+
+import birdsentinel as bs
+from conftest import record_secret_scan_text
+from fakes import FakeClock, LogCapture, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ok():
+    return bs.XResponse(201, {}, b"{}")
+
+
+def deliverer(outbox, client, budget=None):
+    return bs.Deliverer(outbox, client, bs.new_state(), threading.RLock(), dict(budget or bs.DEFAULT_BUDGET))
+
+
+def new_outbox(tmp_path, **kw):
+    return bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "dead"), **kw)
+
+
+@pytest.fixture
+def log_capture():
+    cap = LogCapture()
+    bs.LOG.addHandler(cap)
+    level = bs.LOG.level
+    bs.LOG.setLevel(logging.DEBUG)
+    try:
+        yield cap
+    finally:
+        bs.LOG.removeHandler(cap)
+        bs.LOG.setLevel(level)
+
+
+# ---- 1. outbox ids after a compacted journal (/tmp/ids.py) -----------------
+
+def test_outbox_ids_continue_past_committed_after_the_journal_was_compacted(tmp_path):
+    P, D = str(tmp_path / "ob"), str(tmp_path / "dead")
+    run1 = bs.Outbox(P, D)
+    run1.load(None)
+    ids = [run1.add("dm", "1", "alert %d" % i, time.time())["id"] for i in range(3)]
+    run1.sync()
+    committed = run1.next_id - 1
+    run1.done(ids)
+    assert committed == 3
+
+    run2 = bs.Outbox(P, D)                      # nothing new: the journal is compacted to nothing
+    run2.load(committed)
+    committed = run2.next_id - 1
+    assert committed == 3
+
+    run3 = bs.Outbox(P, D)
+    run3.load(committed)
+    e = run3.add("dm", "1", "new alert, its line not yet saved as read", time.time())
+    assert e["id"] > committed                  # not 1 again
+    assert not run3.ready(e)                    # not sent before the commit point
+
+    run4 = bs.Outbox(P, D)                      # a crash before run 3's commit: the line is read again
+    run4.load(committed)
+    assert run4.pending() == []                 # so the entry is dropped, not kept as a second copy
+
+
+# ---- 2. lost counts that come in while the count is being sent (/tmp/lost.py)
+
+def test_lost_counts_added_during_the_summary_send_are_kept(tmp_path):
+    ob = new_outbox(tmp_path, max_entries=1)
+    ob.add("dm", "123", "first", time.time())
+    for _ in range(3):
+        ob.add("dm", "123", "x", time.time(), label="L")       # 3 not kept
+
+    class Client:
+        sent = []
+
+        def send_dm(self, to, text):
+            for _ in range(5):                  # the main thread goes on matching meanwhile
+                ob.add("dm", "123", "y", time.time(), label="L")
+            self.sent.append(text)
+            return ok()
+
+    deliverer(ob, Client()).step()
+    assert len(Client.sent) == 1 and "L: 3" in Client.sent[0], Client.sent
+    assert ob.lost.get("dm 123") == {"L": 5}    # the 5 not yet told are not wiped
+
+
+# ---- 3. a split message half sent is finished before any digest (/tmp/digest.py)
+
+def test_split_message_with_parts_sent_is_finished_before_a_digest(tmp_path):
+    ob = new_outbox(tmp_path)
+    long = "[h] " + " ".join("word%d" % i for i in range(120))
+    e = ob.add("tweet", "", long, time.time(), {"seq": 1, "defang": True})
+    ob.add("tweet", "", "[h] short second alert", time.time(), {"seq": 2, "defang": True})
+    n = len(bs.entry_parts(e))
+    assert n >= 3
+    ob.part_sent(e, 1)                          # part 1/N went out, then the window closed
+
+    class Client:
+        sent = []
+
+        def post_tweet(self, text):
+            self.sent.append(text)
+            return ok()
+
+    deliverer(ob, Client(), dict(bs.DEFAULT_BUDGET, tweet_per_15m=1)).step()
+    assert len(Client.sent) == 1, Client.sent
+    assert "(2/%d)" % n in Client.sent[0], Client.sent       # the next part, not a digest
+    assert "short second alert" not in Client.sent[0]
+    assert [x["text"] for x in ob.pending()] == [long, "[h] short second alert"]
+
+
+# ---- 4. rotation while more than MAX_POLL_READ of the old file is unread (/tmp/rot.py)
+
+def test_rotation_with_a_backlog_reads_the_rest_of_the_old_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(bs, "MAX_POLL_READ", 4 * bs.READ_BLOCK)
+    p = str(tmp_path / "log")
+    open(p, "w").close()
+    seen = []
+
+    def on_text(text):
+        seen.extend(ln for ln in text.splitlines() if "ALERT" in ln)
+
+    t = bs.FileTailer(p, on_text)
+    t.poll()                                    # following, at the end
+    with open(p, "a") as fh:                    # a burst of 3 polls' worth, then logrotate (create)
+        fh.write(("filler %s\n" % ("x" * 60)) * (3 * bs.MAX_POLL_READ // 68))
+        fh.write("ALERT in the old file\n")
+    os.rename(p, p + ".1")
+    open(p, "w").close()
+    t.poll()                                    # sees the rotation
+    saved = t.snapshot()                        # SIGTERM now: save_state, exit
+    t.close()
+    t2 = bs.FileTailer(p, on_text, saved)
+    for _ in range(3):
+        t2.poll()
+    t2.close()
+    assert seen == ["ALERT in the old file"]
+
+
+# ---- 5. --once with more than MAX_POLL_READ appended reads it all ----------
+
+SMALL_READ_MAIN = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import birdsentinel as bs
+bs.MAX_POLL_READ = 2 * bs.READ_BLOCK        # a few bounded reads, not megabytes of test data
+sys.exit(bs.main(sys.argv[2:]))
+"""
+
+
+def test_once_reads_everything_appended_beyond_one_bounded_read(tmp_path):
+    small_read = 2 * bs.READ_BLOCK
+    cfg = tmp_path / "c.conf"
+    cfg.write_text("watchfor /ALERT/\n  echo\n")
+    log = tmp_path / "app.log"
+    log.write_text("")
+    sd = tmp_path / "sd"
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    for k in ("BIRDSENTINEL_API_BASE", "CREDENTIALS_DIRECTORY"):
+        env.pop(k, None)
+
+    def run_once():
+        r = subprocess.run([sys.executable, "-c", SMALL_READ_MAIN, ROOT, "-c", str(cfg), "-t", str(log),
+                            "--script-dir", str(sd), "--once"],
+                           capture_output=True, env=env, cwd=str(tmp_path), timeout=60)
+        record_secret_scan_text("--once stdout", r.stdout)
+        record_secret_scan_text("--once stderr", r.stderr)
+        return r
+
+    r = run_once()                              # the first run records the end
+    assert r.returncode == 0, r.stderr
+    with open(str(log), "a") as fh:
+        fh.write(("filler %s\n" % ("x" * 60)) * (3 * small_read // 68))
+        fh.write("ALERT at the end\n")
+    r = run_once()
+    assert r.returncode == 0, r.stderr
+    with open(str(sd / "birdsentinel.state")) as fh:
+        st = json.load(fh)
+    assert st["files"][str(log)]["offset"] == os.path.getsize(str(log))
+    assert b"ALERT at the end" in r.stdout, r.stdout[-500:]
+
+
+# ---- 6. a keep_open pipe whose child exits leaks nothing per restart (/tmp/pipeleak.py)
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_keep_open_pipe_restarts_leak_no_fd_or_thread(tmp_path):
+    c = bs.parse_config(str(tmp_path / "x.conf"), "watchfor /boom/\npipe head -n1,keep_open=1\n")
+    r = bs.ActionRunner(io.StringIO(), daemon=True)
+    s = bs.Sentinel(c, r, bs.new_state(), threading.RLock())
+    restarts = 12
+    try:
+        s.process_text("boom warm-up\n")        # one writer is running, as after any restart
+        assert wait_until(lambda: all(p.proc.poll() is not None for p in r.pipes.values()), 5)
+        fds0, th0 = open_fds(), threading.active_count()
+        for i in range(restarts):
+            s.process_text("boom %d\n" % i)     # a new head each time: the last one exited
+            assert wait_until(lambda: all(p.proc.poll() is not None for p in r.pipes.values()), 5)
+            r.reap()
+        # the writers of exited children end (their thread and pipe fd go)
+        wait_until(lambda: open_fds() <= fds0 + 2 and threading.active_count() <= th0 + 1, 3)
+        assert open_fds() <= fds0 + 2, "fds %d -> %d after %d restarts" % (fds0, open_fds(), restarts)
+        assert threading.active_count() <= th0 + 1, \
+            "threads %d -> %d after %d restarts" % (th0, threading.active_count(), restarts)
+    finally:
+        r.close()
+
+
+# ---- 7. a keep_open reader that catches up after a burst is not killed (/tmp/stall.py)
+
+def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
+    clock = FakeClock()
+    go = tmp_path / "go"                        # the reader starts reading once this exists
+    c = bs.parse_config(str(tmp_path / "x.conf"),
+                        "watchfor /boom/\npipe sh -c 'until test -e %s; do sleep 0.02; done; "
+                        "exec cat >/dev/null',keep_open=1\n" % go)
+    r = bs.ActionRunner(io.StringIO(), daemon=True, monotonic=clock.monotonic)
+    s = bs.Sentinel(c, r, bs.new_state(), threading.RLock())
+    try:
+        s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(1000)))    # a burst
+        p = next(iter(r.pipes.values()))
+        assert p.full_since is not None         # the queue filled while the reader was late
+        go.write_text("")
+        assert wait_until(lambda: p.lines.empty(), 10)      # then it caught up
+        clock.advance(bs.PIPE_STALL + 1)
+        r.reap()
+        assert r.failures == 0
+        assert list(r.pipes.values()) == [p] and p.proc.poll() is None
+    finally:
+        r.close()
+
+
+# ---- 8. an unwritable dead-letter file does not loop on the refused message (/tmp/deadloop.py)
+
+def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_path, log_capture):
+    ob = bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "no-such-dir" / "dead"))
+    ob.add("dm", "123", "refused for good", time.time())
+    ob.add("dm", "123", "next alert", time.time())
+    sent = []
+
+    class Client:
+        def send_dm(self, to, text):
+            sent.append(text)
+            return bs.XResponse(400, {}, b'{"detail":"bad request"}')
+
+    dl = deliverer(ob, Client())
+    for _ in range(4):
+        if not len(ob):
+            break
+        dl.step()
+    assert sent == ["refused for good", "next alert"]       # each asked once
+    assert ob.pending() == []
+    assert log_capture.messages(logging.ERROR, "dead-letter", "refused for good")
+
+
+# ---- 9. the candidate prefilter agrees with the regex (/tmp/lit.py) --------
+
+class Recorder:
+    def __init__(self):
+        self.hits = []
+
+    def run(self, action, line, m, msg):
+        self.hits.append(line)
+
+    def flush(self):
+        pass
+
+
+def matched(tmp_path, cfg, lines):
+    c = bs.parse_config(str(tmp_path / "x.conf"), cfg)
+    r = Recorder()
+    bs.Sentinel(c, r, bs.new_state(), threading.RLock()).process_text("".join(ln + "\n" for ln in lines))
+    return r.hits
+
+
+def test_prefilter_ignorecase_rule_matches_dotless_i(tmp_path):
+    lines = ["x", "Fa\u0131led password for root"]
+    assert bs.parse_config(str(tmp_path / "x.conf"), "watchfor /failed password/i\necho\n") \
+        .rules[0].pattern.match(lines[1])
+    assert matched(tmp_path, "watchfor /failed password/i\necho\n", lines) == [lines[1]]
+
+
+def test_prefilter_lookahead_rule_matches_at_end_of_line(tmp_path):
+    assert matched(tmp_path, "watchfor /\\d\\d(?!\\s)/\necho\n", ["foo", "a 42"]) == ["a 42"]
+
+
+# ---- 10. finish_delivery does not race a sender still in a slow send (/tmp/dup.py)
+
+def test_finish_delivery_does_not_resend_while_the_sender_is_in_a_slow_send(tmp_path, monkeypatch):
+    monkeypatch.setattr(bs, "HTTP_TIMEOUT", -4.8)          # join(timeout=0.2 s)
+    ob = new_outbox(tmp_path)
+    ob.add("dm", "123", "disk failing on sda", time.time())
+    sent = []
+    in_send, release = threading.Event(), threading.Event()
+
+    class Client:
+        def send_dm(self, to, text):
+            if not in_send.is_set():            # the sender thread's request: X answers slowly
+                in_send.set()
+                release.wait(10)
+            sent.append(text)
+            return ok()
+
+    dl = deliverer(ob, Client())
+    app = types.SimpleNamespace(deliverer=dl, stop=threading.Event(), wake=threading.Event())
+    sender = app.sender = threading.Thread(target=dl.run, args=(app.stop, app.wake), daemon=True)
+    sender.start()
+    try:
+        assert in_send.wait(5)
+        bs.App.finish_delivery(app, time.monotonic() + 60)
+    finally:
+        release.set()
+        sender.join(5)
+    assert not sender.is_alive()
+    assert sent == ["disk failing on sda"]
+    assert len(ob) == 0
