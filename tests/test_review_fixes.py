@@ -45,7 +45,7 @@ def log_capture():
         bs.LOG.setLevel(level)
 
 
-# ---- 1. outbox ids after a compacted journal (/tmp/ids.py) -----------------
+# ---- 1. outbox ids after a compacted journal -----------------
 
 def test_outbox_ids_continue_past_committed_after_the_journal_was_compacted(tmp_path):
     P, D = str(tmp_path / "ob"), str(tmp_path / "dead")
@@ -73,7 +73,7 @@ def test_outbox_ids_continue_past_committed_after_the_journal_was_compacted(tmp_
     assert run4.pending() == []                 # so the entry is dropped, not kept as a second copy
 
 
-# ---- 2. lost counts that come in while the count is being sent (/tmp/lost.py)
+# ---- 2. lost counts that come in while the count is being sent
 
 def test_lost_counts_added_during_the_summary_send_are_kept(tmp_path):
     ob = new_outbox(tmp_path, max_entries=1)
@@ -95,7 +95,7 @@ def test_lost_counts_added_during_the_summary_send_are_kept(tmp_path):
     assert ob.lost.get("dm 123") == {"L": 5}    # the 5 not yet told are not wiped
 
 
-# ---- 3. a split message half sent is finished before any digest (/tmp/digest.py)
+# ---- 3. a split message half sent is finished before any digest
 
 def test_split_message_with_parts_sent_is_finished_before_a_digest(tmp_path):
     ob = new_outbox(tmp_path)
@@ -120,7 +120,7 @@ def test_split_message_with_parts_sent_is_finished_before_a_digest(tmp_path):
     assert [x["text"] for x in ob.pending()] == [long, "[h] short second alert"]
 
 
-# ---- 4. rotation while more than MAX_POLL_READ of the old file is unread (/tmp/rot.py)
+# ---- 4. rotation while more than MAX_POLL_READ of the old file is unread
 
 def test_rotation_with_a_backlog_reads_the_rest_of_the_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(bs, "MAX_POLL_READ", 4 * bs.READ_BLOCK)
@@ -191,7 +191,7 @@ def test_once_reads_everything_appended_beyond_one_bounded_read(tmp_path):
     assert b"ALERT at the end" in r.stdout, r.stdout[-500:]
 
 
-# ---- 6. a keep_open pipe whose child exits leaks nothing per restart (/tmp/pipeleak.py)
+# ---- 6. a keep_open pipe whose child exits leaks nothing per restart
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
@@ -220,7 +220,7 @@ def test_keep_open_pipe_restarts_leak_no_fd_or_thread(tmp_path):
         r.close()
 
 
-# ---- 7. a keep_open reader that catches up after a burst is not killed (/tmp/stall.py)
+# ---- 7. a keep_open reader that catches up after a burst is not killed
 
 def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
     clock = FakeClock()
@@ -244,7 +244,7 @@ def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
         r.close()
 
 
-# ---- 8. an unwritable dead-letter file does not loop on the refused message (/tmp/deadloop.py)
+# ---- 8. an unwritable dead-letter file does not loop on the refused message
 
 def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_path, log_capture):
     ob = bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "no-such-dir" / "dead"))
@@ -267,7 +267,7 @@ def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_p
     assert log_capture.messages(logging.ERROR, "dead-letter", "refused for good")
 
 
-# ---- 9. the candidate prefilter agrees with the regex (/tmp/lit.py) --------
+# ---- 9. the candidate prefilter agrees with the regex --------
 
 class Recorder:
     def __init__(self):
@@ -298,7 +298,7 @@ def test_prefilter_lookahead_rule_matches_at_end_of_line(tmp_path):
     assert matched(tmp_path, "watchfor /\\d\\d(?!\\s)/\necho\n", ["foo", "a 42"]) == ["a 42"]
 
 
-# ---- 10. finish_delivery does not race a sender still in a slow send (/tmp/dup.py)
+# ---- 10. finish_delivery does not race a sender still in a slow send
 
 def test_finish_delivery_does_not_resend_while_the_sender_is_in_a_slow_send(tmp_path, monkeypatch):
     monkeypatch.setattr(bs, "HTTP_TIMEOUT", -4.8)          # join(timeout=0.2 s)
