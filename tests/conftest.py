@@ -27,6 +27,34 @@ def script():
     return SCRIPT
 
 
+@pytest.fixture
+def logs():
+    """Everything birdsentinel logs during the test, at every level (tests/fakes.py LogCapture)."""
+    import logging
+    import birdsentinel as bs
+    from fakes import LogCapture
+    cap = LogCapture()
+    old = (bs.LOG.level, bs.LOG.propagate)
+    bs.LOG.setLevel(logging.DEBUG)
+    bs.LOG.addHandler(cap)
+    try:
+        yield cap
+    finally:
+        bs.LOG.removeHandler(cap)
+        bs.LOG.setLevel(old[0])
+        bs.LOG.propagate = old[1]
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The environment for a birdsentinel child: ours, without what would redirect it."""
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("BIRDSENTINEL_API_BASE", "CREDENTIALS_DIRECTORY", "XDG_STATE_HOME")}
+    e["HOME"] = str(tmp_path)
+    e["PYTHONDONTWRITEBYTECODE"] = "1"
+    return e
+
+
 # ---- secrets scan: capture machinery (used by tests/test_secrets.py) -------
 # Everything birdsentinel prints or logs during the whole session is scanned,
 # as it is produced, for the test credentials and for OAuth signatures:

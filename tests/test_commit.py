@@ -27,7 +27,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import LogCapture, read_text, wait_until
+from fakes import read_text, wait_until
 from fakex import FakeX
 
 DM_PATH = "/2/dm_conversations"
@@ -67,20 +67,6 @@ def journal_pending_ids(path):
         elif r.get("op") == "done":
             pending.discard(r.get("id"))
     return sorted(pending)
-
-
-@pytest.fixture
-def logs():
-    cap = LogCapture()
-    old = (bs.LOG.level, bs.LOG.propagate)
-    bs.LOG.setLevel(logging.DEBUG)
-    bs.LOG.addHandler(cap)
-    try:
-        yield cap
-    finally:
-        bs.LOG.removeHandler(cap)
-        bs.LOG.setLevel(old[0])
-        bs.LOG.propagate = old[1]
 
 
 # ---- (1) start-up drops what the offsets do not cover -------------------------

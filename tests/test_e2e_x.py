@@ -32,15 +32,6 @@ def fx():
 
 
 @pytest.fixture
-def env(tmp_path):
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("BIRDSENTINEL_API_BASE", "CREDENTIALS_DIRECTORY", "XDG_STATE_HOME")}
-    e["HOME"] = str(tmp_path)
-    e["PYTHONDONTWRITEBYTECODE"] = "1"
-    return e
-
-
-@pytest.fixture
 def tw(tmp_path):
     d = str(tmp_path / "twitter")
     write_creds(d, CK, CS, AT, ATS)

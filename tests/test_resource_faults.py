@@ -23,24 +23,9 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import LogCapture
 
 
 # ---- helpers ---------------------------------------------------------------
-
-
-@pytest.fixture
-def logs():
-    cap = LogCapture()
-    old = (bs.LOG.level, bs.LOG.propagate)
-    bs.LOG.setLevel(logging.DEBUG)
-    bs.LOG.addHandler(cap)
-    try:
-        yield cap
-    finally:
-        bs.LOG.removeHandler(cap)
-        bs.LOG.setLevel(old[0])
-        bs.LOG.propagate = old[1]
 
 
 def oserror(code):

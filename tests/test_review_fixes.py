@@ -15,7 +15,7 @@ import pytest
 
 import birdsentinel as bs
 from conftest import record_secret_scan_text
-from fakes import FakeClock, LogCapture, wait_until
+from fakes import FakeClock, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,19 +30,6 @@ def deliverer(outbox, client, budget=None):
 
 def new_outbox(tmp_path, **kw):
     return bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "dead"), **kw)
-
-
-@pytest.fixture
-def log_capture():
-    cap = LogCapture()
-    bs.LOG.addHandler(cap)
-    level = bs.LOG.level
-    bs.LOG.setLevel(logging.DEBUG)
-    try:
-        yield cap
-    finally:
-        bs.LOG.removeHandler(cap)
-        bs.LOG.setLevel(level)
 
 
 # ---- 1. outbox ids after a compacted journal -----------------
@@ -246,7 +233,7 @@ def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
 
 # ---- 8. an unwritable dead-letter file does not loop on the refused message
 
-def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_path, log_capture):
+def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_path, logs):
     ob = bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "no-such-dir" / "dead"))
     ob.add("dm", "123", "refused for good", time.time())
     ob.add("dm", "123", "next alert", time.time())
@@ -264,7 +251,7 @@ def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_p
         dl.step()
     assert sent == ["refused for good", "next alert"]       # each asked once
     assert ob.pending() == []
-    assert log_capture.messages(logging.ERROR, "dead-letter", "refused for good")
+    assert logs.messages(logging.ERROR, "dead-letter", "refused for good")
 
 
 # ---- 9. the candidate prefilter agrees with the regex --------

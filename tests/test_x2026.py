@@ -17,7 +17,6 @@ HTTP to the fake; the CLI runs in-process through main() or as a subprocess.
 import io
 import json
 import logging
-import os
 import random
 import re
 import signal
@@ -30,7 +29,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import FakeClock, LogCapture, read_text, wait_until
+from fakes import FakeClock, read_text, wait_until
 from fakex import NO_CREDITS_BODY, TOO_LONG_DETAIL, FakeX, write_creds
 
 CK, CS, AT, ATS = "ck-x26", "cs-x26-SECRET", "999-at-x26", "ats-x26-SECRET"   # conftest scans for *-SECRET
@@ -60,18 +59,6 @@ def tw(tmp_path):
     d = str(tmp_path / "twitter")
     write_creds(d, CK, CS, AT, ATS)
     return d
-
-
-@pytest.fixture
-def logs():
-    cap = LogCapture()
-    old = (bs.LOG.level, bs.LOG.propagate)
-    bs.LOG.setLevel(logging.DEBUG)
-    bs.LOG.addHandler(cap)
-    yield cap
-    bs.LOG.removeHandler(cap)
-    bs.LOG.setLevel(old[0])
-    bs.LOG.propagate = old[1]
 
 
 def dm_requests(fx):
@@ -296,15 +283,6 @@ def test_check_online_says_who_can_receive_dms(fx, tw, tmp_path, capsys):
 
 
 # ---- subprocesses: --examine --dry-run, the daemon ----------------------------
-
-@pytest.fixture
-def env(tmp_path):
-    e = {k: v for k, v in os.environ.items()
-         if k not in ("BIRDSENTINEL_API_BASE", "CREDENTIALS_DIRECTORY", "XDG_STATE_HOME")}
-    e["HOME"] = str(tmp_path)
-    e["PYTHONDONTWRITEBYTECODE"] = "1"
-    return e
-
 
 def test_examine_dry_run_makes_no_connection(script, env, fx, tw, tmp_path, secret_scan):
     conf = tmp_path / "conf"
