@@ -7,6 +7,8 @@ import email.message
 import io
 import json
 import logging
+import signal
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -192,3 +194,16 @@ def print_figures(request, figures):
     if figures and tr is not None and capman is not None:
         with capman.global_and_fixture_disabled():
             tr.write_line("figures (%s): %s" % (request.module.__name__, json.dumps(figures, sort_keys=True)))
+
+
+def stop_processes(procs, timeout=10.0):
+    """SIGTERM every process still running, wait for each, SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)

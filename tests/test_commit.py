@@ -27,7 +27,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import read_text, wait_until
+from fakes import read_text, stop_processes, wait_until
 from fakex import FakeX
 
 DM_PATH = "/2/dm_conversations"
@@ -185,15 +185,7 @@ class Daemon:
         return "requests: %s\nlog:\n%s\nstderr:\n%s" % (reqs[-20:], read_text(self.logfile)[-3000:], errs[-2000:])
 
     def stop_all(self, scan=None):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_processes(self.procs, timeout=10)
         if scan is not None:
             scan.file("commit-test daemon log", self.logfile)
             for i in range(len(self.procs)):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from fakes import read_text, wait_until
+from fakes import read_text, stop_processes, wait_until
 from fakex import FakeX, extract_urls, write_creds
 
 CK, CS, AT, ATS = "ck-e2e", "cs-e2e-SECRET", "999-at-e2e", "ats-e2e-SECRET"   # conftest's scan looks for *-SECRET
@@ -219,15 +219,7 @@ class Watcher:
         return "log:\n%s\nstderr:\n%s" % (read_text(str(self.logfile))[-3000:], errs[-2000:])
 
     def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_processes(self.procs, timeout=5)
         for scan in _SCAN:
             scan.file("watcher log", str(self.logfile))
             for i in range(len(self.procs)):

@@ -151,6 +151,16 @@ KINDS: Dict[str, Callable[[Lookalikes, Prefix], subprocess.Popen]] = {
 }
 
 
+def status_names_the_daemon_and_stop_spares_the_lookalike(prefix, pid, fake) -> None:
+    """status reports the real daemon's pid; stop ends it and leaves the look-alike alone."""
+    r = prefix.init("status")
+    assert r.returncode == 0 and f"running (pid {pid})" in r.stdout, r.stdout + r.stderr
+    r = prefix.init("stop")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert wait_for(lambda: not alive(pid), timeout=5)
+    assert untouched(fake)
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_lookalike_in_pid_file_without_daemon_is_never_signalled(
         prefix: Prefix, lookalikes: Lookalikes, kind: str) -> None:  # noqa: F811
@@ -185,12 +195,7 @@ def test_lookalike_in_pid_file_without_daemon_is_never_signalled(
     assert holds_lock(pid, lock_path(prefix)), prefix.diag()
     assert untouched(fake)
 
-    r = prefix.init("status")
-    assert r.returncode == 0 and f"running (pid {pid})" in r.stdout, r.stdout + r.stderr
-    r = prefix.init("stop")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert wait_for(lambda: not alive(pid), timeout=5)
-    assert untouched(fake)
+    status_names_the_daemon_and_stop_spares_the_lookalike(prefix, pid, fake)
     assert prefix.init("status").returncode == 3
 
 
@@ -324,9 +329,4 @@ def test_state_file_moved_by_extra_args(prefix: Prefix, lookalikes: Lookalikes, 
     assert holds_lock(pid, lock) and not lock_path(prefix).exists()
     fake = lookalikes.start("exec-a")
     prefix.pidfile.write_text(f"{fake.pid}\n")
-    r = prefix.init("status")
-    assert r.returncode == 0 and f"running (pid {pid})" in r.stdout, r.stdout + r.stderr
-    r = prefix.init("stop")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert wait_for(lambda: not alive(pid), timeout=5)
-    assert untouched(fake)
+    status_names_the_daemon_and_stop_spares_the_lookalike(prefix, pid, fake)
