@@ -15,11 +15,17 @@ Command line usage:
 
 Input (swatch's flags):
   -c, --config-file FILE   rules (default ~/.swatchdogrc)
-  -t, --tail-file FILE     follow FILE; repeat for several files.  Without
-                           -t, --examine or --read-pipe: /var/log/messages,
-                           else /var/log/syslog
+  -t, --tail-file FILE     follow FILE; repeat for several files.  With no
+                           source given: /var/log/messages, else
+                           /var/log/syslog, else the systemd journal
   -f, --examine FILE       read FILE once from the start, then exit
   -p, --read-pipe "CMD"    read the output of CMD (run as argv, no shell)
+  --journal                follow the systemd journal (journalctl); its
+                           cursor is kept like a file offset
+  --journal-dir DIR        read the journal files in DIR (journal-remote)
+  --journal-match F=V      only entries whose field F is V (repeatable)
+  --omprog                 read rsyslog omprog's messages on stdin; answer
+                           OK once each is durable (confirmMessages="on")
   --daemon                 detach; log to syslog (or --log-file)
   --pid-file FILE          write the daemon's pid to FILE
   --script-dir DIR         where state, outbox and dead-letter files live
@@ -51,14 +57,16 @@ X (Twitter):
   --tweet                  with --send: post instead of a direct message
 
 Config grammar (swatch 3):
-  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ combine terms
+  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ combine terms;
+                           FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
   waitfor /REGEX/          same as watchfor
   ignore /REGEX/           drop matching lines for the rules below it
   echo [MODES]             print the line (MODES: normal, bold, red, ...)
   bell [N]                 ring the terminal bell N times
   exec CMD ARGS            run a program; the command is split once like a
                            shell would, then $_ $0 (the line), $1..$9 and
-                           ${name} (groups) are put INSIDE single arguments.
+                           ${name} (groups; journal fields like ${_HOSTNAME})
+                           are put INSIDE single arguments.
                            No shell ever runs: to use one, pass the line as
                            an argument: exec sh -c 'logger "$1"' sh $_
                            Control characters and escape sequences of the
@@ -371,7 +379,10 @@ ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addr
 THRESHOLD_TYPES = ("limit", "threshold", "both")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
-SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ (\S+)")
+SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (\S+) (\S+)")
+# journal fields a template may name (${_HOSTNAME}): not ${HOME}, which would silently be empty
+FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|MESSAGE(?:_ID)?|PRIORITY|ERRNO|CODE_[A-Z]+|SYSLOG_[A-Z]+|T?ID|USER_UNIT|UNIT)$")
+FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 
 
 @dataclass(frozen=True)
@@ -436,6 +447,13 @@ class Term:
     negated: bool
     regex: re.Pattern
     source: str
+    field: str = ""                         # FIELD=~/re/: a journal field, not the line
+
+    def search(self, line: str, fields: Optional[Dict[str, str]]) -> Optional[re.Match]:
+        if not self.field:
+            return self.regex.search(line)
+        value = fields.get(self.field) if fields else None      # no such field: never a match
+        return None if value is None else self.regex.search(value)
 
 
 @dataclass(frozen=True)
@@ -446,18 +464,18 @@ class Pattern:
     any_of: bool
     source: str
 
-    def match(self, line: str) -> Optional[re.Match]:
+    def match(self, line: str, fields: Optional[Dict[str, str]] = None) -> Optional[re.Match]:
         """The match object of the first positive term when the whole
         expression is true (its groups feed $1..$9), else None."""
         first: Optional[re.Match] = None
         if self.any_of:
             for t in self.terms:
-                m = t.regex.search(line)
+                m = t.search(line, fields)
                 if (m is not None) != t.negated:
                     return m if m is not None else NEGATED_MATCH.search("")
             return None
         for t in self.terms:
-            m = t.regex.search(line)
+            m = t.search(line, fields)
             if (m is None) != t.negated:
                 return None
             if first is None and m is not None:
@@ -466,6 +484,20 @@ class Pattern:
 
 
 NEGATED_MATCH = re.compile("")
+
+
+class EntryMatch:
+    """A match on a journal entry: the pattern's groups, then the entry's
+    fields for ${FIELD} (a missing one is empty)."""
+
+    def __init__(self, m: re.Match, fields: Dict[str, str]) -> None:
+        self.m, self.fields = m, fields
+
+    def group(self, name: Any) -> str:
+        try:
+            return self.m.group(name)
+        except IndexError:
+            return self.fields.get(name, "")
 
 
 @dataclass(frozen=True)
@@ -593,7 +625,7 @@ def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pat
 
 
 def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
-    """'/re/flags', '!/re/', joined by && or ||; a trailing # comment is allowed."""
+    """'/re/flags', '!/re/', 'FIELD=~/re/', joined by && or ||; a trailing # comment is allowed."""
     terms: List[Term] = []
     ops = set()
     pos, n = 0, len(value)
@@ -602,6 +634,9 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         negated = value.startswith("!", pos)
         if negated:
             pos = n - len(value[pos + 1:].lstrip())
+        field = FIELD_TERM_RE.match(value, pos)
+        if field:
+            pos = field.end()
         if pos < n and value[pos] == "m" and pos + 1 < n and not value[pos + 1].isalnum():
             pos += 1
         if pos >= n or value[pos] not in "/{!|#":
@@ -622,7 +657,8 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         flags = value[i + 1:j]
         if set(flags) - set("imsxgo"):
             raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
-        terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j]))
+        terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
+                          field.group(1) if field else ""))
         pos = n - len(value[j:].lstrip())
         if pos >= n or value[pos] == "#":
             break
@@ -1045,7 +1081,7 @@ def check_variables(rule: Rule) -> None:
             if name.isdigit() and name != "0" and int(name) > groups:
                 raise ConfigError(rule.path, lineno, "$%s, but the pattern on line %d has %d group(s)"
                                   % (name, rule.lineno, groups), "add (...) around what $%s should hold" % name)
-            if not (name.isdigit() or name in ("_", "*")) and name not in names:
+            if not (name.isdigit() or name in ("_", "*")) and name not in names and not FIELD_NAME_RE.match(name):
                 raise ConfigError(rule.path, lineno, "${%s} is not a named group of the pattern on line %d"
                                   % (name, rule.lineno), "name it in the pattern: (?<%s>...)" % name)
 
@@ -1431,14 +1467,15 @@ class StreamSource:
     poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
 
     def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
-                 proc: Optional[subprocess.Popen] = None) -> None:
+                 proc: Optional[subprocess.Popen] = None, max_line: int = MAX_LINE) -> None:
         self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
-        self.splitter = LineSplitter(name)
+        self.splitter = LineSplitter(name, max_line)
         self.done = self.more = False
+        self.live = proc is not None                # read what is there, select() for the rest
 
     def poll(self) -> int:
         got, self.more = 0, False
-        while not self.done and (self.proc is None or select.select([self.fd], [], [], 0)[0]):
+        while not self.done and (not self.live or select.select([self.fd], [], [], 0)[0]):
             chunk = os.read(self.fd, READ_BLOCK)
             got += len(chunk)
             self.done = not chunk
@@ -1460,6 +1497,215 @@ class StreamSource:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+
+
+def field_text(value: Any) -> str:
+    """A journal field as journalctl's JSON gives it: a string, bytes as a
+    list of numbers (decoded like file bytes), or a list of values."""
+    if isinstance(value, list):
+        if all(isinstance(b, int) and 0 <= b < 256 for b in value):
+            return bytes(value).decode("utf-8", "replace")
+        return field_text(value[0]) if value else ""
+    return "" if value is None else str(value)
+
+
+def entry_line(fields: Dict[str, str]) -> str:
+    """A journal entry as rules written for /var/log/messages expect it:
+    'Mmm dd HH:MM:SS HOST IDENT[PID]: MESSAGE', on one line (a newline of
+    MESSAGE becomes a visible mark: it never starts a line of its own)."""
+    t = time.localtime(int(fields.get("__REALTIME_TIMESTAMP") or 0) / 1e6)
+    pid = fields.get("SYSLOG_PID") or fields.get("_PID")
+    message = re.sub(r"\r?\n", " \u23ce ", fields.get("MESSAGE", "").rstrip("\r\n"))
+    return "%s %2d %s %s %s%s: %s" % (time.strftime("%b", t), t.tm_mday, time.strftime("%H:%M:%S", t),
+                                      fields.get("_HOSTNAME") or socket.gethostname().split(".")[0],
+                                      fields.get("SYSLOG_IDENTIFIER") or fields.get("_COMM") or "-",
+                                      "[%s]" % pid if pid else "", message[:MAX_LINE])
+
+
+def journal_gap(saved: str, first: str) -> str:
+    """What was lost between the saved cursor and the first entry read
+    after a restart, when the saved entry is gone (vacuumed): '' if none."""
+    a, b = (dict(kv.split("=", 1) for kv in c.split(";") if "=" in kv) for c in (saved, first))
+    if a.get("s") != b.get("s"):
+        return ("birdsentinel: the journal was replaced or vacuumed while birdsentinel was stopped (its "
+                "sequence changed): a gap of unknown size before the entries read now")
+    try:
+        lost = int(b.get("i", "0"), 16) - int(a.get("i", "0"), 16) - 1
+    except ValueError:
+        return ""
+    return "birdsentinel: %d journal entries were vacuumed while birdsentinel was stopped" % lost if lost > 0 else ""
+
+
+class JournalAccessError(BirdError):
+    exit_code = EX_CONFIG
+
+
+def journal_key(directory: Optional[str]) -> str:
+    """Where the state file keeps a journal's cursor."""
+    return "dir:" + directory if directory else "system"
+
+
+def default_files(opts: Any) -> List[str]:
+    """The files to follow: -t's, else /var/log/messages or /var/log/syslog."""
+    return opts.tail_file or [p for p in ("/var/log/messages", "/var/log/syslog") if os.path.exists(p)][:1]
+
+
+def journal_wanted(opts: Any) -> bool:
+    """--journal, or no source given and neither default file exists (Debian 12 and later)."""
+    return bool(opts.journal or not (opts.examine or opts.read_pipe or opts.omprog or default_files(opts)))
+
+
+def journal_problem(directory: Optional[str]) -> str:
+    """Why this user cannot read the journal (DIR, or the system's), or ''."""
+    import grp
+    user = current_user()
+    if directory:
+        if os.access(directory, os.R_OK | os.X_OK) and os.path.isdir(directory):
+            return ""
+        return ("cannot read journal directory %s as %s: give the user read access (its group, e.g. "
+                "systemd-journal-remote)" % (directory, user))
+    gids = set(os.getgroups()) | {os.getegid()}
+    names = {g.gr_name for g in grp.getgrall() if g.gr_gid in gids}
+    if os.geteuid() == 0 or names & {"systemd-journal", "adm", "wheel"}:
+        return ""
+    return ("user %s may read only its own entries of the system journal: add it to the group "
+            "systemd-journal (usermod -a -G systemd-journal %s), then start birdsentinel again" % (user, user))
+
+
+class JournalSource(StreamSource):
+    """The systemd journal, through journalctl's JSON (run as argv): one
+    entry is one line of text plus its fields.  Its position is the
+    cursor of the last entry read, committed like a file offset; a
+    journalctl that exits is started again from it, with back-off.
+    --journal-match is applied here, not by journalctl: systemd 252 can
+    skip the first match after a cursor (systemd#30336)."""
+
+    def __init__(self, directory: Optional[str], matches: Sequence[str],
+                 on_entry: Callable[[str, Dict[str, str], Optional[str]], None],
+                 on_gap: Callable[[str], None], saved: Optional[Dict[str, Any]], follow: bool = True) -> None:
+        self.key = journal_key(directory)
+        self.directory, self.on_entry, self.on_gap, self.follow = directory, on_entry, on_gap, follow
+        self.matches: Dict[str, set] = {}
+        for m in matches:
+            name, _, value = m.partition("=")
+            self.matches.setdefault(name, set()).add(value)
+        saved = saved or {}
+        self.cursor: Optional[str] = saved.get("cursor") if isinstance(saved.get("cursor"), str) else None
+        self.since = saved.get("since") if self.cursor is None else None
+        self.first = self.cursor                    # a restart compares it with the first entry read
+        self.restart_at, self.failures, self.why = 0.0, 0, ""
+        super().__init__("the journal" + (" in " + directory if directory else ""), -1, self.take, None, 1 << 20)
+        self.start()
+
+    def argv(self) -> List[str]:
+        argv = ["journalctl", "-o", "json", "--all", "--no-pager", "-q"] + (["--follow"] if self.follow else [])
+        argv += ["--directory=" + self.directory] if self.directory else []
+        if self.cursor:
+            return argv + ["--cursor=" + self.cursor]   # from the saved entry: it tells whether it is gone
+        if self.since is not None:
+            return argv + ["--since=@%.6f" % float(self.since)]
+        self.since = time.time()                    # a restart before the first entry starts here
+        return argv + ["--lines=0"]
+
+    def start(self) -> None:
+        self.errors = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=self.errors,
+                                         stdin=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            raise NoInputError("cannot run journalctl: %s" % exc.strerror) from None
+        self.fd, self.live, self.done = self.proc.stdout.fileno(), self.follow, False     # type: ignore[union-attr]
+        self.splitter.reset()
+
+    def take(self, text: str) -> None:
+        for line in text.split("\n")[:-1]:
+            try:
+                entry = json.loads(line)
+                cursor = entry["__CURSOR"]
+            except (ValueError, KeyError, TypeError):
+                LOG.warning("%s: skipped an entry journalctl did not give as JSON (%d bytes)", self.path, len(line))
+                continue
+            if self.first is not None:
+                gap = journal_gap(self.first, cursor) if cursor != self.first else ""
+                self.first = None
+                if gap:
+                    LOG.warning("%s", gap)
+                    self.on_gap(gap)
+            if cursor == self.cursor:
+                continue                            # --cursor starts with the entry already read
+            self.cursor, self.failures = cursor, 0
+            fields = {k: field_text(v) for k, v in entry.items() if k != "__CURSOR"}
+            if all(fields.get(name) in values for name, values in self.matches.items()):
+                self.on_entry(entry_line(fields), fields, fields.get("_HOSTNAME"))
+
+    def poll(self) -> int:
+        if self.proc is None:
+            if time.monotonic() >= self.restart_at:
+                self.start()
+            return 0
+        got = super().poll()
+        if self.done:
+            rc = self.proc.wait()
+            self.proc.stdout.close()                # type: ignore[union-attr]
+            self.proc, self.live = None, False
+            self.errors.seek(0)
+            said = sanitize(self.errors.read()[-300:].decode("utf-8", "replace")).strip()
+            self.errors.close()
+            if not self.follow and rc == 0:
+                return got                          # --once: read to the end
+            why = "status %d%s" % (rc, ": " + said if said else "")
+            delay = min(2.0 ** self.failures, 60.0)
+            self.failures += 1
+            self.done, self.restart_at = False, time.monotonic() + delay
+            if why != self.why:
+                LOG.error("journalctl exited (%s): starting it again in %.0f s from the last entry read", why, delay)
+                self.why = why
+        return got
+
+    def snapshot(self) -> Dict[str, Any]:
+        return {"cursor": self.cursor} if self.cursor else {"since": self.since}
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            super().close()
+            self.errors.close()
+
+
+class OmprogSource(StreamSource):
+    """--omprog: rsyslog's omprog writes one message a line on our stdin
+    and, with confirmMessages="on", waits for a line on our stdout: "OK"
+    once the message is handled and durable (after the commit), anything
+    else to keep it and send it again later (the outbox is full, or the
+    state cannot be written).  EOF: rsyslog stopped."""
+
+    def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
+                 room: Callable[[], bool]) -> None:
+        super().__init__("standard input (omprog)", 0, self.take)
+        self.live, self.on_entry, self.room = True, on_entry, room
+        self.answers: List[bool] = []               # per message read since the last commit: accepted
+        os.write(1, b"OK\n")                        # ready: state, lock and sender are set up
+
+    def take(self, text: str) -> None:
+        for line in text.split("\n")[:-1]:
+            ok = self.room()
+            if ok:
+                m = SYSLOG_TAG_RE.match(line)
+                self.on_entry(line, None, m.group(1) if m else None)
+            self.answers.append(ok)
+
+    def answer(self, committed: bool) -> None:
+        """After the commit: one answer per message, in order."""
+        out = b"".join(b"OK\n" if ok and committed else b"birdsentinel: outbox full: send it again later\n"
+                       if committed else b"birdsentinel: cannot save state or outbox: send it again later\n"
+                       for ok in self.answers)
+        self.answers = []
+        with contextlib.suppress(OSError):
+            os.write(1, out)
+
+    def close(self) -> None:
+        pass                                        # stdin is not ours to close
 
 
 class Inotify:
@@ -1564,8 +1810,9 @@ class MatchPlan:
 
 
 def build_plan(rules: Sequence[Rule]) -> MatchPlan:
-    checks = tuple(None if r.pattern.any_of else term_literals(next(t for t in r.pattern.terms if not t.negated))
-                   for r in rules)
+    firsts = [None if r.pattern.any_of else next((t for t in r.pattern.terms if not t.negated and not t.field), None)
+              for r in rules]
+    checks = tuple(None if t is None else term_literals(t) for t in firsts)
     literals: List[Tuple[str, bool]] = []
     rest: List[Term] = []
     for r in rules:
@@ -1574,7 +1821,8 @@ def build_plan(rules: Sequence[Rule]) -> MatchPlan:
         p = r.pattern
         if p.any_of and any(t.negated for t in p.terms):
             return MatchPlan((), None, True, checks)
-        for t in [t for t in p.terms if not t.negated][: None if p.any_of else 1]:
+        for t in [t for t in p.terms if not (t.negated or t.field)][: None if p.any_of else 1]:   # a field never
+            # matches a line of text: an && rule with only field terms needs no candidates there
             found = term_literals(t)
             if found is None:
                 rest.append(t)
@@ -1797,9 +2045,18 @@ class Sentinel:
         if self.self_tag is None or self.self_tag not in line:
             return False
         m = SYSLOG_TAG_RE.match(line)
-        return m is not None and m.group(1) == self.self_tag
+        return m is not None and m.group(2) == self.self_tag
 
-    def process_line(self, line: str) -> None:
+    def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
+        """One line of a source that knows more than its text: the journal's
+        fields, the host it came from (journal, omprog)."""
+        self.bytes += len(line) + 1
+        self.runner.origin = sanitize(origin)[:64] if origin else None
+        self.process_line(line, fields)
+        self.runner.origin = None
+        self.runner.flush()
+
+    def process_line(self, line: str, fields: Optional[Dict[str, str]] = None) -> None:
         if self.self_tag is not None and self.self_tag in line and self.is_own_line(line):  # no call per line
             return
         folded: Optional[str] = None
@@ -1814,9 +2071,11 @@ class Sentinel:
                 hay = folded if ci else line
                 if not any(lit in hay for lit in lits):
                     continue                        # cannot match: skip the regex
-            m = rule.pattern.match(line)
+            m = rule.pattern.match(line, fields)
             if m is None:
                 continue
+            if fields is not None:
+                m = EntryMatch(m, fields)           # type: ignore[assignment]
             if rule.kind == "ignore":
                 return
             self.matches += 1
@@ -1949,14 +2208,15 @@ def remove_stale_temp_files(directory: str) -> None:
 
 
 def new_state() -> Dict[str, Any]:
-    return {"version": STATE_VERSION, "files": {}, "thresholds": {}, "throttles": {},
+    return {"version": STATE_VERSION, "files": {}, "journal": {}, "thresholds": {}, "throttles": {},
             "users": {}, "sent": {"dm": [], "tweet": []}, "spend": [],
             "blocked_until": {}, "tweet_seq": 0}
 
 
 def valid_state(data: Any) -> bool:
     return isinstance(data, dict) and data.get("version") == STATE_VERSION and all(
-        isinstance(data.get(k), dict) for k in ("files", "thresholds", "throttles", "users"))
+        isinstance(data.get(k), dict) for k in ("files", "thresholds", "throttles", "users")) and isinstance(
+        data.get("journal", {}), dict)
 
 
 class StateStore:
@@ -3052,6 +3312,7 @@ class ActionRunner:
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
         self.waiting_bytes = self.failures = self.enqueued = 0
+        self.origin: Optional[str] = None          # the host of the line being handled, when not ours
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
         self.child_env = child_env(os.environ)
 
@@ -3131,7 +3392,7 @@ class ActionRunner:
         self.spawn(argv, body.encode("utf-8"), "mail")
 
     def enqueue(self, kind: str, to: str, message: str, action: Action) -> None:
-        text = format_alert(self.hostname, message)
+        text = format_alert(self.origin or self.hostname, message)
         extra: Dict[str, Any] = {}
         if kind == "tweet":
             with self.state_lock:
@@ -3325,7 +3586,7 @@ class App:
     def __init__(self, opts: argparse.Namespace, env: Dict[str, str], out: Any = None) -> None:
         # absolute paths: a daemon changes to / before it opens anything
         for name in ("config_file", "examine", "pid_file", "script_dir", "state_file", "log_file",
-                     "twitter_dir", "ca_file"):
+                     "twitter_dir", "ca_file", "journal_dir"):
             if getattr(opts, name, None):
                 setattr(opts, name, os.path.abspath(getattr(opts, name)))
         opts.tail_file = [os.path.abspath(p) for p in opts.tail_file]
@@ -3344,6 +3605,7 @@ class App:
         self.store: Optional[StateStore] = None
         self.state = new_state()
         self.last_save = 0.0
+        self.oneoff = bool(opts.examine or opts.read_pipe)      # read once: no position, counters of its own
 
     # -- setting up ------------------------------------------------------
     def load_config(self) -> Config:
@@ -3406,25 +3668,29 @@ class App:
         with contextlib.suppress(OSError, AttributeError):
             os.write(self.wake_w, b"s")
 
-    def save_state(self, tailers: Sequence[FileTailer], force: bool = False) -> None:
+    def save_state(self, sources: Sequence[Any], force: bool = False) -> bool:
         """The commit point: the outbox's new entries reach the disk, then
-        the offsets after their lines with the highest id they cover, in one
-        atomic write; only then may the sender take them (issue 9: a kill in
-        between re-read and re-sent them)."""
+        the positions after their lines (offsets, journal cursor) with the
+        highest id they cover, in one atomic write; only then may the sender
+        take them (issue 9: a kill in between re-read and re-sent them).
+        False when what was read is not durable yet."""
         if self.store is None:
-            return
+            return True
         now = time.monotonic()
         if not force and (not self.dirty or now - self.last_save < 0.5):
-            return
+            return True
         if self.outbox is not None:
             self.outbox.sync()
             if not self.outbox.durable:
                 self.outbox.retry()
             if not self.outbox.durable:
-                return                      # offsets wait until the alerts are safe
+                return False                # positions wait until the alerts are safe
         with self.state_lock:
-            for t in tailers:
-                self.state["files"][t.path] = t.snapshot()
+            for s in sources:
+                if isinstance(s, JournalSource):
+                    self.state["journal"][s.key] = s.snapshot()
+                elif isinstance(s, FileTailer):
+                    self.state["files"][s.path] = s.snapshot()
             if self.outbox is not None:
                 self.state["outbox_committed"] = self.outbox.next_id - 1
             committed = self.state.get("outbox_committed")
@@ -3435,6 +3701,12 @@ class App:
             if self.outbox is not None and self.outbox.committed != committed:
                 self.outbox.committed = committed
                 self.wake.set()
+        return ok
+
+    def has_room(self) -> bool:
+        """Whether the outbox can keep a message's alerts (else omprog refuses the message)."""
+        ob = self.outbox
+        return ob is None or (len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes)
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
@@ -3509,7 +3781,7 @@ class App:
                 report_fd = None
             if x_needed:
                 self.start_sender(config)
-            runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon,
+            runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon or opts.omprog,   # stdout: omprog's
                                   outbox=self.outbox, on_enqueue=lambda: None if persistent else self.wake.set(),
                                   state=self.state, state_lock=self.state_lock)
             sentinel = Sentinel(config, runner, self.state, self.state_lock)
@@ -3548,9 +3820,21 @@ class App:
         if len(self.deliverer.outbox):
             LOG.warning("%d message(s) wait in the outbox for the next run", len(self.deliverer.outbox))
 
-    def open_sources(self, on_text: Callable[[str], None]) -> List[Any]:
-        """--examine FILE, --read-pipe CMD (run as argv), or the files to follow."""
+    def open_sources(self, on_text: Callable[[str], None], on_entry: Callable[..., None],
+                     on_gap: Callable[[str], None]) -> List[Any]:
+        """--examine FILE, --read-pipe CMD (run as argv), --omprog, the journal, or the files to follow."""
         opts = self.opts
+        if opts.omprog:
+            return [OmprogSource(on_entry, self.has_room)]
+        if journal_wanted(opts):
+            problem = journal_problem(opts.journal_dir)
+            if problem:
+                raise JournalAccessError(problem)
+            if not opts.journal:
+                LOG.info("neither /var/log/messages nor /var/log/syslog exists: reading the systemd journal")
+            with self.state_lock:
+                saved = self.state["journal"].get(journal_key(opts.journal_dir))
+            return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, saved, not opts.once)]
         if opts.examine:
             try:
                 return [StreamSource(opts.examine, os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC), on_text)]
@@ -3568,11 +3852,8 @@ class App:
             except OSError as exc:
                 raise NoInputError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
             return [StreamSource(argv[0], proc.stdout.fileno(), on_text, proc)]     # type: ignore[union-attr]
-        paths = self.opts.tail_file or [p for p in ("/var/log/messages", "/var/log/syslog") if os.path.exists(p)][:1]
-        if not paths:
-            raise BirdError("nothing to watch: neither /var/log/messages nor /var/log/syslog exists; give -t FILE")
         with self.state_lock:
-            return [FileTailer(p, on_text, self.state["files"].get(p)) for p in paths]
+            return [FileTailer(p, on_text, self.state["files"].get(p)) for p in default_files(opts)]
 
     def run_sources(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
         """The one loop: poll every source (a bounded read each), commit,
@@ -3585,11 +3866,25 @@ class App:
                 sentinel.process_text(text)
             self.dirty = True
 
-        sources = self.open_sources(on_text)
+        def on_entry(line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
+            if not sentinel.quit:
+                sentinel.process_entry(line, fields, origin)
+            self.dirty = True
+
+        def on_gap(text: str) -> None:
+            """Our own alert (journal entries lost while stopped): once to each X destination."""
+            seen = set()
+            for a in [a for r in sentinel.rules for a in r.actions if a.kind in ("dm", "tweet")]:
+                if (a.kind, a.recipients) not in seen:
+                    seen.add((a.kind, a.recipients))
+                    runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
+
+        sources = self.open_sources(on_text, on_entry, on_gap)
         files = [s for s in sources if isinstance(s, FileTailer)]
-        finite = opts.once or not files
+        omprog = sources[0] if isinstance(sources[0], OmprogSource) else None
+        finite = opts.once or self.oneoff
         with self.state_lock:                       # a one-off pass keeps its counters to itself
-            kept = {} if files else {k: self.state[k] for k in ("thresholds", "throttles")}
+            kept = {k: self.state[k] for k in ("thresholds", "throttles")} if self.oneoff else {}
             self.state.update({k: {} for k in kept})
         ino: Optional[Inotify] = None
         if files:
@@ -3597,22 +3892,26 @@ class App:
                 ino = Inotify()
             except OSError as exc:
                 LOG.info("inotify unavailable (%s): polling every second", exc)
-            LOG.info("watching %s with %d rules", ", ".join(f.path for f in files), len(sentinel.rules))
-        enqueued = runner.enqueued
+        if not self.oneoff:
+            LOG.info("watching %s with %d rules", ", ".join(s.path for s in sources), len(sentinel.rules))
+        enqueued, matches = runner.enqueued, sentinel.matches
         try:
             while True:
                 for src in sources:
                     src.poll()
                 runner.reap()
-                if files:                   # the commit point, right after alerts reach the outbox
-                    self.save_state(files, force=runner.enqueued != enqueued)
-                enqueued = runner.enqueued
+                if not self.oneoff:         # the commit point, right after alerts reach the outbox
+                    committed = self.save_state(sources, force=runner.enqueued != enqueued or (
+                        omprog is not None and sentinel.matches != matches))      # omprog: counters too
+                    if omprog is not None:
+                        omprog.answer(committed)
+                enqueued, matches = runner.enqueued, sentinel.matches
                 if (opts.once and not any(s.more for s in sources)) or sentinel.quit or self.stop.is_set() \
                         or all(s.done for s in sources):
                     break
                 if self.hup:
                     self.reload(sentinel, runner)
-                fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.proc]
+                fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
                 timeout = 1.0 if ino is None else 10.0
                 if ino is not None:
                     for t in files:
@@ -3642,15 +3941,15 @@ class App:
             runner.close()
             with self.state_lock:
                 self.state.update(kept)
-            self.save_state(files, force=True)          # the commit: then a finite run delivers
+            self.save_state(sources, force=True)        # the commit: then a finite run delivers
             if finite:
                 self.finish_delivery(time.monotonic() + 60)
-                self.save_state(files, force=True)      # tweet numbers, user ids, budget use
+                self.save_state(sources, force=True)    # tweet numbers, user ids, budget use
             for src in sources:
                 src.close()
             if ino is not None:
                 ino.close()
-            (LOG.info if files else LOG.debug)("stopped after %d characters of new lines, %d matches",
+            (LOG.debug if self.oneoff else LOG.info)("stopped after %d characters of new lines, %d matches",
                                                sentinel.bytes, sentinel.matches)
         return EX_FAIL if (finite and runner.failures) else EX_OK
 
@@ -3684,21 +3983,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
     p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
     for flags in (("-h", "--help"), ("-V", "--version"), ("--daemon",), ("--once",), ("--dry-run",),
-                  ("--check",), ("--online",), ("--authorize",), ("--tweet",)):
+                  ("--check",), ("--online",), ("--authorize",), ("--tweet",), ("--journal",), ("--omprog",)):
         p.add_argument(*flags, action="store_true")
     for flags in (("-c", "--config-file"), ("-f", "--examine"), ("-p", "--read-pipe"), ("--pid-file",),
                   ("--script-dir",), ("--state-file",), ("--log-file",), ("--api-base",), ("--ca-file",),
-                  ("--send",), ("--to",)):
+                  ("--send",), ("--to",), ("--journal-dir",)):
         p.add_argument(*flags)
     p.add_argument("-t", "--tail-file", action="append", default=[])
+    p.add_argument("--journal-match", action="append", default=[])
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
     for flag in IGNORED_FLAGS:
         p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
     opts = p.parse_args(list(argv))
-    modes = [m for m in ("examine", "read_pipe") if getattr(opts, m)] + (["tail"] if opts.tail_file else [])
-    if len(modes) > 1:
-        raise Usage("give only one of -t, --examine and --read-pipe")
+    opts.journal = opts.journal or bool(opts.journal_dir)
+    if len([m for m in (opts.examine, opts.read_pipe, opts.tail_file, opts.journal, opts.omprog) if m]) > 1:
+        raise Usage("give only one of -t, --examine, --read-pipe, --journal (or --journal-dir) and --omprog")
+    for m in opts.journal_match:
+        if not opts.journal or not re.match(r"^[A-Z0-9_]+=", m):
+            raise Usage("--journal-match takes FIELD=VALUE (e.g. _SYSTEMD_UNIT=ssh.service) and goes with --journal")
     commands = [c for c in ("authorize", "send", "check") if getattr(opts, c)]
     if len(commands) > 1:
         raise Usage("give only one of --authorize, --send and --check")
@@ -3706,9 +4009,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise Usage("--online goes with --check")
     if (opts.to or opts.tweet) and not opts.send:
         raise Usage("--to and --tweet go with --send")
-    if opts.daemon and (opts.once or opts.examine or opts.dry_run or commands):
+    if opts.daemon and (opts.once or opts.examine or opts.dry_run or opts.omprog or commands):
         raise Usage("--daemon runs the watcher; it does not combine with --once, --examine, "
-                    "--dry-run, --check, --send or --authorize")
+                    "--dry-run, --omprog, --check, --send or --authorize")
     return opts
 
 
@@ -3913,6 +4216,18 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
               % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
     problems = check_layout(opts, env, config)
+    journal = journal_wanted(opts)
+    if journal:
+        problems += [journal_problem(opts.journal_dir)] if journal_problem(opts.journal_dir) else []
+        out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
+    elif not (opts.examine or opts.read_pipe or opts.omprog):
+        out.write("source: %s\n" % ", ".join(default_files(opts)))
+        problems += ["log file %s is not readable by %s: add the user to the group that owns it (usually adm)"
+                     % (p, current_user()) for p in default_files(opts) if not opts.tail_file and not os.access(p, os.R_OK)]
+    for r in config.rules if not journal else ():
+        if any(t.field for t in r.pattern.terms):
+            out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
+                      "it never matches here\n" % (r.path, r.lineno))
     for p in problems:
         out.write("FIX: %s\n" % p)
     if opts.online:
