@@ -1506,7 +1506,7 @@ def field_text(value: Any) -> str:
     if isinstance(value, list):
         if all(isinstance(b, int) and 0 <= b < 256 for b in value):
             return bytes(value).decode("utf-8", "replace")
-        return field_text(value[0]) if value else ""
+        return field_text(value[0])
     return "" if value is None else str(value)
 
 
@@ -1612,7 +1612,7 @@ class JournalSource(StreamSource):
         self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=self.errors,
-                                         stdin=subprocess.DEVNULL, close_fds=True)
+                                         stdin=subprocess.DEVNULL, env=child_env(os.environ))
         except OSError as exc:
             raise NoInputError("cannot run journalctl: %s" % exc.strerror) from None
         self.fd, self.live, self.done = self.proc.stdout.fileno(), self.follow, False     # type: ignore[union-attr]
