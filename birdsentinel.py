@@ -185,8 +185,7 @@ TWEET_URL_WEIGHT = 23
 TWEET_MAX_TEXT = 1000         # longer alert text is cut before it is posted (4 posts at most)
 TWEET_WEIGHT1_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
 PRICE_USD = types.MappingProxyType({"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20})
-DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440),
-                  ("tweet_per_15m", 100), ("tweet_per_day", 10000),
+DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440), ("tweet_per_15m", 100), ("tweet_per_day", 10000),
                   ("usd_per_day", None))
 WINDOW_15M = 900.0
 WINDOW_DAY = 86400.0
@@ -211,13 +210,10 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 ECHO_MODES = types.MappingProxyType({
-    "normal": "0", "bold": "1", "underline": "4", "underscore": "4",
-    "blink": "5", "inverse": "7", "reverse": "7", "concealed": "8",
-    "black": "30", "red": "31", "green": "32", "yellow": "33",
-    "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
-    "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
-    "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47",
-})
+    "normal": "0", "bold": "1", "underline": "4", "underscore": "4", "blink": "5", "inverse": "7", "reverse": "7",
+    "concealed": "8", "black": "30", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
+    "cyan": "36", "white": "37", "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
+    "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47"})
 
 
 # ==== Errors =================================================================
@@ -236,10 +232,7 @@ class ConfigError(BirdError):
 
     def __init__(self, path: str, lineno: int, what: str, hint: str = "") -> None:
         self.path, self.lineno, self.what, self.hint = path, lineno, what, hint
-        text = '"%s", line %d: %s' % (path, lineno, what)
-        if hint:
-            text += " \u2014 " + hint
-        super().__init__(text)
+        super().__init__('"%s", line %d: %s' % (path, lineno, what) + (" \u2014 " + hint if hint else ""))
 
 
 class CredentialsError(BirdError):
@@ -294,10 +287,9 @@ def base_string_uri(url: str) -> str:
 
 def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
                        form_body: Optional[str] = None) -> List[Tuple[str, str]]:
-    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters
-    (without oauth_signature and realm) and a form-encoded body.  A JSON body
-    is NOT a parameter source: the caller passes form_body only for
-    application/x-www-form-urlencoded requests."""
+    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and
+    realm) and a form-encoded body.  A JSON body is NOT a parameter source: the caller passes form_body only
+    for application/x-www-form-urlencoded requests."""
     params = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
     params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
     if form_body:
@@ -330,13 +322,10 @@ def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
     return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in oauth_params)
 
 
-def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
-                 token: str = "", token_secret: str = "", *, nonce: str, timestamp: str,
-                 form_body: Optional[str] = None,
-                 extra_oauth: Sequence[Tuple[str, str]] = (),
-                 version: Optional[str] = "1.0") -> str:
+def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
+                 token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
+                 extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
     """Sign one request (HMAC-SHA1) and return its Authorization header.
-
     extra_oauth carries oauth_callback or oauth_verifier (section 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
@@ -362,11 +351,9 @@ def new_nonce() -> str:
 PERL_VAR_RE = re.compile(r"(?<!\\)[$@](?:\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
 TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[0-9])\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
 POSIX_CLASSES = types.MappingProxyType({
-    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
-    "lower": "a-z", "space": r"\s", "xdigit": "0-9A-Fa-f", "word": r"\w",
-    "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
-    "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
-})
+    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z", "space": r"\s",
+    "xdigit": "0-9A-Fa-f", "word": r"\w", "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e", "graph": r"\x21-\x7e"})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
@@ -525,9 +512,8 @@ class Rule:
 
     @property
     def ident(self) -> str:
-        """Names this rule's counters in the state file: stable across
-        restarts and reloads while the rule keeps its place and pattern
-        (two rules with one pattern keep separate counters, as in swatch)."""
+        """Names this rule's counters in the state file: stable across restarts and reloads while the rule
+        keeps its place and pattern (two rules with one pattern keep separate counters, as in swatch)."""
         return "%d:%s" % (self.index, self.pattern.source)
 
 
@@ -707,9 +693,8 @@ def find_shell_syntax(command: str) -> Optional[str]:
 
 
 def split_words(value: str) -> List[List[Tuple[str, bool]]]:
-    """Split a command like a POSIX shell splits words, keeping which parts
-    were single-quoted: (text, literal) segments per word.  Raises
-    ValueError on an unbalanced quote."""
+    """Split a command like a POSIX shell splits words, keeping which parts were single-quoted:
+    (text, literal) segments per word.  Raises ValueError on an unbalanced quote."""
     words: List[List[Tuple[str, bool]]] = []
     word: Optional[List[Tuple[str, bool]]] = None
     i, n = 0, len(value)
@@ -762,10 +747,9 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
         raise ConfigError(path, lineno, "%s needs a command" % what, "e.g. %s /usr/local/bin/alert $_" % what)
     bad = find_shell_syntax(value)
     if bad:
-        raise ConfigError(
-            path, lineno, "%s command uses shell syntax %r: %s" % (what, bad, value),
-            "no shell runs here; to use one, pass the line as an argument: "
-            "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
+        raise ConfigError(path, lineno, "%s command uses shell syntax %r: %s" % (what, bad, value),
+                          "no shell runs here; to use one, pass the line as an argument: "
+                          "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
     try:
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
@@ -900,8 +884,7 @@ def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
         if k not in opts:
             raise ConfigError(path, lineno, "threshold needs %s=" % k, "e.g. threshold type=limit,count=1,seconds=60")
     return Threshold(t, parse_int(opts["count"], "count", path, lineno, 1),
-                     parse_int(opts["seconds"], "seconds", path, lineno, 1),
-                     Template.parse(opts.get("track_by", "")))
+                     parse_int(opts["seconds"], "seconds", path, lineno, 1), Template.parse(opts.get("track_by", "")))
 
 
 def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
@@ -917,8 +900,7 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
     if not delay_text:
         raise ConfigError(path, lineno, "throttle needs a delay", "e.g. throttle 15:00")
     key = opts.get("key")
-    return Throttle(parse_duration(delay_text, path, lineno),
-                    None if key in (None, "log") else Template.parse(key),
+    return Throttle(parse_duration(delay_text, path, lineno), None if key in (None, "log") else Template.parse(key),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
@@ -1081,8 +1063,7 @@ ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
 
 
 def fingerprint(fd: int, length: int) -> str:
-    """'N:CRC' of the first `length` bytes: enough to tell two files apart
-    (rotation), not meant to resist forgery."""
+    """'N:CRC' of the first `length` bytes: enough to tell two files apart (rotation), not meant to resist forgery."""
     data = os.pread(fd, length, 0)
     return "%d:%08x" % (len(data), zlib.crc32(data))
 
