@@ -1277,11 +1277,7 @@ class FileTailer:
         if st.st_size < offset:
             offset = 0
         LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
-        h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
-        while self._drain(h):                       # all of it: the file is not looked at again
-            pass
-        self._flush_partial(h)
-        os.close(fd)
+        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock()))
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
@@ -1313,12 +1309,15 @@ class FileTailer:
                 h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
         return total
 
-    def _flush_partial(self, h: Handle) -> None:
-        """A rotated file will not get its last newline: emit what is held."""
+    def _finish(self, h: Handle) -> None:
+        """A file not looked at again: read all of it, emit its last line (which gets no newline), close it."""
+        while self._drain(h):
+            pass
         if h.splitter.pending:
             text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
             h.splitter.reset()
             self.on_text(text + "\n")
+        os.close(h.fd)
 
     def _retire(self, h: Handle) -> None:
         while self._drain(h):                       # the saved offset will be the new file's: all of the old
@@ -1326,11 +1325,7 @@ class FileTailer:
         h.last_growth = self.clock()              # the grace starts at the rotation
         self.retired.append(h)
         while len(self.retired) > 4:
-            old = self.retired.pop(0)
-            while self._drain(old):                 # a bounded poll may have left some of it
-                pass
-            self._flush_partial(old)
-            os.close(old.fd)
+            self._finish(self.retired.pop(0))       # a bounded poll may have left some of it
 
     def poll(self) -> int:
         """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
@@ -1338,9 +1333,8 @@ class FileTailer:
         now = self.clock()
         for h in list(self.retired):            # writers may still append after a rename
             total += self._drain(h)
-            if now - h.last_growth > RETIRED_GRACE:
-                self._flush_partial(h)
-                os.close(h.fd)
+            if now - h.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
+                self._finish(h)
                 self.retired.remove(h)
         if self.cur is None:
             if not self.started:
