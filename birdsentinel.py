@@ -1081,8 +1081,7 @@ class LineSplitter:
     only the first MAX_LINE bytes of a longer line."""
 
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
-        self.name = name
-        self.max_line = max_line
+        self.name, self.max_line = name, max_line
         self.reset()
 
     def feed(self, chunk: bytes) -> str:
@@ -1154,20 +1153,14 @@ class Handle:
 class FileTailer:
     """Follows one path across rotations without losing lines."""
 
-    def __init__(self, path: str, on_text: Callable[[str], None],
-                 saved: Optional[Dict[str, Any]] = None, start_at_end: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = path
-        self.on_text = on_text
-        self.clock = clock
+    def __init__(self, path: str, on_text: Callable[[str], None], saved: Optional[Dict[str, Any]] = None,
+                 start_at_end: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.on_text, self.clock, self.saved, self.start_at_end = path, on_text, clock, saved, start_at_end
         self.cur: Optional[Handle] = None
         self.retired: List[Handle] = []
-        self.saved = saved
-        self.start_at_end = start_at_end
-        self.started = False
+        self.started = self.missing_logged = False
         self.done = False                       # a followed file never ends
         self.more = False                       # the last poll stopped before the end
-        self.missing_logged = False
         self.error_logged: Optional[str] = None
 
     # -- opening ---------------------------------------------------------
@@ -1352,8 +1345,7 @@ class FileTailer:
                         "reading from the start", self.path, h.pos, size)
             self._restart_at_zero(h)
         elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s was truncated and rewritten (its first bytes changed): "
-                        "reading from the start", self.path)
+            LOG.warning("%s was truncated and rewritten (its first bytes changed): reading from the start", self.path)
             self._restart_at_zero(h)
         total += self._drain(h)                  # the inode we hold, to its end
         try:
@@ -1451,8 +1443,7 @@ class Inotify:
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "inotify_init1"):
             raise OSError(errno.ENOSYS, "no inotify in this libc")
-        self.libc = libc
-        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.libc, self.fd = libc, libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.watched: Dict[str, Any] = {}
@@ -1571,8 +1562,7 @@ def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
         if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)|\(\?<?[=!]", src):
             return None                       # back-references, global flags, lookarounds (see newlines)
         src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
-        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE))
-                     if t.regex.flags & bit)
+        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE)) if t.regex.flags & bit)
         alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
     try:
         return re.compile("|".join(alts), re.MULTILINE)
@@ -1939,8 +1929,7 @@ class StateStore:
     is logged once per cause; the next save retries."""
 
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
-        self.path = path
-        self.writer = writer
+        self.path, self.writer = path, writer
         self.failing: Optional[str] = None
 
     def load(self) -> Tuple[Dict[str, Any], bool]:
@@ -2488,13 +2477,11 @@ class Deliverer:
     step() does at most one send and says how long to wait before the next
     call, so tests drive it with a fake clock."""
 
-    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any],
-                 state_lock: threading.RLock, budget: Dict[str, Optional[float]],
-                 clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None,
-                 monotonic: Callable[[], float] = time.monotonic,
+    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
+                 budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
+                 rng: Optional[random.Random] = None, monotonic: Callable[[], float] = time.monotonic,
                  on_change: Callable[[], None] = lambda: None) -> None:
-        self.outbox, self.client, self.state, self.lock = outbox, client, state, state_lock
-        self.budget = budget
+        self.outbox, self.client, self.state, self.lock, self.budget = outbox, client, state, state_lock, budget
         self.on_change = on_change      # the state changed: it reaches the disk within a second
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
@@ -2626,9 +2613,8 @@ class Deliverer:
                 allowed, free_at = budget_allowance(self.budget, kind, sent, self.state["spend"], now, price)
             if allowed <= 0:
                 if self.held_logged.get(kind) != free_at:
-                    LOG.warning("budget: holding %d %s alert(s) until %s; the first message then "
-                                "summarizes them", self.outbox.count(kind), kind,
-                                time.strftime("%H:%M:%S", time.localtime(free_at)))
+                    LOG.warning("budget: holding %d %s alert(s) until %s; the first message then summarizes them",
+                                self.outbox.count(kind), kind, time.strftime("%H:%M:%S", time.localtime(free_at)))
                     self.held_logged[kind] = free_at
                 self.summarize_next.add(kind)
                 waits.append(max(free_at - now, 1.0))
@@ -2664,10 +2650,9 @@ class Deliverer:
                 text = "%s [#%d]" % (text, int(entry.get("seq", 0)))
             else:
                 text, used = digest_text(kind, lines, same[0]["t"])
-            batch = same[:used]
+            batch, parts = same[:used], [text]
             LOG.warning("budget: sending a digest of %d held %s alert(s) (%d carried in full)",
                         len(same), kind, len(batch))
-            parts = [text]
         else:
             batch, parts = [entry], entry_parts(entry)
         start = int(entry.get("parts", 0)) if len(batch) == 1 else 0
@@ -2912,11 +2897,10 @@ class XClient:
     """Signs and sends one request at a time; never retries by itself."""
 
     def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
-                 opener: Optional[Callable[[Any, float], Any]] = None,
-                 clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
-                 timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
-        self.creds = creds
-        self.api_base = check_api_base(api_base)
+                 opener: Optional[Callable[[Any, float], Any]] = None, clock: Callable[[], float] = time.time,
+                 nonce: Callable[[], str] = new_nonce, timeout: float = HTTP_TIMEOUT,
+                 ca_file: Optional[str] = None) -> None:
+        self.creds, self.api_base = creds, check_api_base(api_base)
         self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
         self.clock, self.nonce, self.timeout = clock, nonce, timeout
 
@@ -2988,8 +2972,7 @@ class XClient:
 # bounded queue; each is reaped, and killed after its timeout.
 
 
-def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match],
-               raw: bool = False) -> List[str]:
+def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match], raw: bool = False) -> List[str]:
     """Expand each argument on its own: a log line stays one argument,
     without control characters and escape sequences unless raw (tab is
     kept), and an argument whose '-' does not come from the config ('$1',
@@ -3637,8 +3620,7 @@ UNSUPPORTED_FLAGS = types.MappingProxyType({
                     "custom Perl action modules are not supported"),
     **dict.fromkeys(("--old-style-config", "-O"), "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)"),
     "--dump-script": "there is no generated script; --check shows what the config does",
-    "--input-record-separator": "lines end at newlines",
-})
+    "--input-record-separator": "lines end at newlines"})
 IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
                  "-r", "--debug", "--noawk-field-syntax")
 
@@ -3697,8 +3679,7 @@ def default_script_dir(env: Dict[str, str]) -> str:
     return os.path.join(base, "birdsentinel")
 
 
-def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False,
-                  started: bool = False) -> bool:
+def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False, started: bool = False) -> bool:
     """Until the watcher has started, everything goes to stderr, so start-up
     errors reach the terminal or init script.  Then: --log-file, or for a
     daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
@@ -3812,8 +3793,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     resp = client.access_token(form["oauth_token"], form.get("oauth_token_secret", ""), pin)
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
-        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again",
-                  resp.status, resp.detail())
+        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
         return EX_FAIL
     ref = os.stat(os.path.join(opts.twitter_dir, "consumer-key"))
     mode = 0o640 if stat.S_IMODE(ref.st_mode) == 0o640 else 0o600
@@ -3921,8 +3901,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
 
 def dm_recipients(config: Config) -> List[str]:
     """Every `dm` recipient of the config ('' is the account itself)."""
-    return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm"
-                   for r in (a.recipients or ("",))})
+    return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm" for r in (a.recipients or ("",))})
 
 
 def check_recipient(client: XClient, to: str, sender: str) -> str:
