@@ -1850,23 +1850,19 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
-    """Refuse a file birdsentinel did not make: the classic script dir is
-    group-writable (sticky), so a group member can plant a state file, an
-    outbox to read or a symlink to another file before we create ours."""
-    kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "not a regular file" if not stat.S_ISREG(st.st_mode) else "")
-    if kind:
-        why = "it is %s" % kind
-    elif st.st_uid != os.geteuid():
-        why = "it belongs to uid %d, not to uid %d who runs birdsentinel" % (st.st_uid, os.geteuid())
-    elif st.st_mode & (0o027 if private else 0o022):
+    """Refuse a file birdsentinel did not make: the classic script dir is group-writable (sticky), so a group member can
+    plant a state file, an outbox to read or a symlink to another file before we create ours."""
+    why = ("it is a symbolic link" if stat.S_ISLNK(st.st_mode) else "it is a FIFO" if stat.S_ISFIFO(st.st_mode)
+           else "it is not a regular file" if not stat.S_ISREG(st.st_mode)
+           else "it belongs to uid %d, not to uid %d who runs birdsentinel" % (st.st_uid, os.geteuid())
+           if st.st_uid != os.geteuid() else "")
+    if why:
+        raise UnsafeFileError("refusing %s: %s; birdsentinel did not make it. Look at who did, remove it "
+                              "(rm -- %s) and start again" % (path, why, shlex.quote(path)))
+    if st.st_mode & (0o027 if private else 0o022):
         raise UnsafeFileError("refusing %s: its mode %04o lets other users %s it; chmod %s %s" % (
             path, stat.S_IMODE(st.st_mode), "read or change" if private else "change",
             "600" if private else "644", shlex.quote(path)))
-    else:
-        return
-    raise UnsafeFileError("refusing %s: %s; birdsentinel did not make it. Look at who did, remove it "
-                          "(rm -- %s) and start again" % (path, why, shlex.quote(path)))
 
 
 def open_ours(path: str, flags: int, private: bool = True) -> int:
@@ -2643,13 +2639,11 @@ class Deliverer:
                 sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
             batch, parts = [], entry_parts(dict(entry, text=note))[:allowed]
         elif self.outbox.count(kind) > allowed and len(same) > 1:
-            lines = [e["text"] for e in same]
+            defang_urls = kind == "tweet" and entry.get("defang", True)
+            lines = [defang(e["text"]) if defang_urls else e["text"] for e in same]
+            text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16 if kind == "tweet" else None)
             if kind == "tweet":
-                lines = [defang(t) if entry.get("defang", True) else t for t in lines]
-                text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16)
                 text = "%s [#%d]" % (text, int(entry.get("seq", 0)))
-            else:
-                text, used = digest_text(kind, lines, same[0]["t"])
             batch, parts = same[:used], [text]
             LOG.warning("budget: sending a digest of %d held %s alert(s) (%d carried in full)",
                         len(same), kind, len(batch))
