@@ -132,10 +132,9 @@ import types
 import unicodedata
 import urllib.parse
 import zlib
-# hashlib, hmac, http.client, ipaddress, logging.handlers, ssl, urllib.error
-# and urllib.request are imported in the functions that use them: OpenSSL,
-# the HTTP stack and the syslog handler cost about 9 MB of memory that a
-# watcher without X actions, and every --examine run, never needs.
+# hashlib, hmac, http.client, ipaddress, logging.handlers, ssl, urllib.error and urllib.request are imported in the
+# functions that use them: OpenSSL, the HTTP stack and the syslog handler cost about 9 MB of memory that a watcher
+# without X actions, and every --examine run, never needs.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -143,9 +142,8 @@ __version__ = "0.1.0"
 
 LOG = logging.getLogger("birdsentinel")
 
-# The sections below, in data-flow order: Constants, Errors, OAuth 1.0a,
-# Config, Sources, Matching, State and outbox, Messages, Delivery, X API
-# client, Actions, Runtime, Command line.
+# The sections below, in data-flow order: Constants, Errors, OAuth 1.0a, Config, Sources, Matching, State and outbox,
+# Messages, Delivery, X API client, Actions, Runtime, Command line.
 
 # ==== Constants ==============================================================
 # Read-only: tables are MappingProxyType, sequences tuples.  The only module
@@ -264,8 +262,7 @@ class XNetworkError(BirdError):
 
 
 # ==== OAuth 1.0a (RFC 5849) ==================================================
-# One small pure function per RFC concept.  Nonce and timestamp are
-# parameters, so every step has known-answer tests.
+# One small pure function per RFC concept.  Nonce and timestamp are parameters, so every step has known-answer tests.
 
 
 def percent_encode(value: str) -> str:
@@ -938,7 +935,6 @@ def parse_outbox(value: str, path: str, lineno: int) -> Dict[str, int]:
 
 
 def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
-    """Parse a config file (and its includes) into a Config."""
     if text is None:
         text = read_config_text(path, _stack[-1] if _stack else "", 0)
     rules: List[Rule] = []
@@ -1052,12 +1048,10 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
 
 
 # ==== Sources ================================================================
-# Where lines come from; each source has poll() (a bounded read) and close().
-# Byte offsets; a file is (st_dev, st_ino) plus a hash of its first bytes.
-# Rotation is noticed three ways, as fail2ban does: the path names another
-# inode (rename+create, delete+create), the file is shorter than our offset
-# (truncate, copytruncate), or its first bytes changed while it kept its
-# inode and grew past our offset before we looked (copytruncate race).
+# Where lines come from; each source has poll() (a bounded read) and close().  Byte offsets; a file is (st_dev, st_ino)
+# plus a hash of its first bytes.  Rotation is noticed three ways, as fail2ban does: the path names another inode
+# (rename+create, delete+create), the file is shorter than our offset (truncate, copytruncate), or its first bytes
+# changed while it kept its inode and grew past our offset before we looked (copytruncate race).
 
 ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
 
@@ -1076,16 +1070,14 @@ def fp_length(fp: str) -> int:
 
 
 class LineSplitter:
-    """Bytes in, complete lines out (as one decoded text block ending in a
-    newline).  Holds a partial last line until its newline arrives; keeps
-    only the first MAX_LINE bytes of a longer line."""
+    """Bytes in, complete lines out (as one decoded text block ending in a newline).  Holds a partial last line until
+    its newline arrives; keeps only the first MAX_LINE bytes of a longer line."""
 
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
         self.name, self.max_line = name, max_line
         self.reset()
 
     def feed(self, chunk: bytes) -> str:
-        """Return the complete lines this chunk finishes, as text."""
         out: List[bytes] = []
         if self.discarding:
             nl = chunk.find(b"\n")
@@ -1110,9 +1102,8 @@ class LineSplitter:
         return block.decode("utf-8", "replace")
 
     def _cut_long_lines(self, block: bytes) -> bytes:
-        """Cut complete lines longer than max_line.  A line that long holds
-        a whole aligned stretch of max_line/2 bytes without a newline, so a
-        few short searches rule it out for ordinary blocks."""
+        """Cut complete lines longer than max_line.  A line that long holds a whole aligned stretch of max_line/2 bytes
+        without a newline, so a few short searches rule it out for ordinary blocks."""
         step = max(self.max_line // 2, 1)
         if len(block) <= self.max_line or all(
                 block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
@@ -1230,11 +1221,9 @@ class FileTailer:
         self.cur = self._handle(fd, st, 0)
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
-        """logtail2's rule: after a rotation while stopped, finish the old
-        file (path.1, path-DATE, ...) from the saved offset.  It is found by
-        its inode; failing that (copytruncate made a copy), by its first
-        bytes, the newest such copy, and only when those bytes were enough
-        to tell files apart."""
+        """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
+        offset.  It is found by its inode; failing that (copytruncate made a copy), by its first bytes, the newest such
+        copy, and only when those bytes were enough to tell files apart."""
         directory, base = os.path.split(self.path)
         try:
             names = os.listdir(directory or ".")
@@ -1376,9 +1365,8 @@ class FileTailer:
         h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
 
     def snapshot(self) -> Dict[str, Any]:
-        """What the state file keeps for this path.  Without a current file
-        (rotated away, or not there yet) the entry says so: whatever file
-        appears there later is read from its start."""
+        """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
+        says so: whatever file appears there later is read from its start."""
         h = self.cur
         if h is not None:
             return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
@@ -1466,17 +1454,14 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a
-# block of lines is searched once per rule for a literal that any match of
-# that rule must contain (str.find runs at memory speed; the literals come
-# from the regex's parse tree, inside groups too), or, for rules without
-# one, with one combined regex; only the lines found are matched against
-# the rules, in order.
+# Most lines match no rule.  Rather than run every rule on every line, a block of lines is searched once per rule for a
+# literal that any match of that rule must contain (str.find runs at memory speed; the literals come from the regex's
+# parse tree, inside groups too), or, for rules without one, with one combined regex; only the lines found are matched
+# against the rules, in order.
 
 def required_literals(src: str, min_len: int = 3) -> List[str]:
-    """Literals of which every match of the regex `src` contains at least
-    one, read from its parse tree, or [] when none is min_len long.  A
-    pattern the parser cannot read is still matched, only without them."""
+    """Literals of which every match of the regex `src` contains at least one, read from its parse tree, or [] when none
+    is min_len long.  A pattern the parser cannot read is still matched, only without them."""
     try:                                            # the standard library's parser, read only
         import re._parser as p                      # type: ignore[import]
     except ImportError:                             # Python 3.9, 3.10
@@ -1489,9 +1474,8 @@ def required_literals(src: str, min_len: int = 3) -> List[str]:
 
 
 def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
-    """The best choice in a sequence (the set whose shortest member is
-    longest): each run of plain characters, and each group, repeat (at
-    least once) or alternation (one set per branch) that gives a set."""
+    """The best choice in a sequence (the set whose shortest member is longest): each run of plain characters, and each
+    group, repeat (at least once) or alternation (one set per branch) that gives a set."""
     cands: List[Tuple[str, ...]] = []
     run = ""
     for op, av in seq:
@@ -1571,8 +1555,7 @@ def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
 
 
 def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
-    """Start offsets, in order, of the lines of `text` that some watchfor
-    may match; None: every line must be tried."""
+    """Start offsets, in order, of the lines of `text` that some watchfor may match; None: every line must be tried."""
     if plan.per_line:
         return None
     starts = set()
@@ -1619,10 +1602,9 @@ def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
     return tuple(x.casefold() if ci else x for x in lits), ci
 
 # -- thresholds ------------------------------------------------------------
-# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A
-# bucket is [first, events] with integer seconds of processing time.  A
-# clock that went backwards (now < first) ends the window instead of
-# freezing it for the length of the jump.
+# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] with integer seconds
+# of processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the length
+# of the jump.
 
 
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
@@ -1640,10 +1622,9 @@ def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tup
 
 
 def throttle_fires(rec: Optional[List[float]], now: float, th: Throttle) -> Tuple[bool, str, List[float]]:
-    """swatch's throttle: the first event acts; later ones are counted and
-    suppressed until one arrives after LAST + delay, which acts with
-    ' (seen N times)'.  With threshold=N: act on every N-th event (at most
-    once per delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
+    """swatch's throttle: the first event acts; later ones are counted and suppressed until one arrives after
+    LAST + delay, which acts with ' (seen N times)'.  With threshold=N: act on every N-th event (at most once per
+    delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
     if rec is None and not th.threshold:
         return True, "", [now, 1]
     last, count = rec if rec is not None else [-1e18, 0]
@@ -1666,9 +1647,8 @@ def threshold_expired(bucket: List[int], now: float, th: Threshold) -> bool:
 
 
 def throttle_expired(rec: List[float], now: float, th: Throttle) -> bool:
-    """The next event acts anyway.  A plain throttle's record is kept a
-    day longer for its '(seen N times)'; a threshold throttle with events
-    counted is never dropped (its count decides)."""
+    """The next event acts anyway.  A plain throttle's record is kept a day longer for its '(seen N times)'; a threshold
+    throttle with events counted is never dropped (its count decides)."""
     last, count = rec
     if th.threshold:
         return count == 0 and (now > last + th.delay or now < last)
@@ -1680,10 +1660,9 @@ def bounded_key(key: str) -> str:
 
 
 def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], bool], steps: int = 2) -> None:
-    """Look at the table's `steps` oldest entries: drop the expired ones,
-    put the others at the end.  O(1) per event, and every entry comes up
-    in turn; a live counter is never dropped to make room (issue 10: decoy
-    keys evicted a brute-force counter)."""
+    """Look at the table's `steps` oldest entries: drop the expired ones, put the others at the end.  O(1) per event,
+    and every entry comes up in turn; a live counter is never dropped to make room (issue 10: decoy keys evicted a
+    brute-force counter)."""
     for _ in range(min(steps, len(table))):
         key, rec = table.popitem(last=False)
         if not expired(rec):
@@ -1989,10 +1968,9 @@ def acquire_lock(state_path: str) -> int:
 
 
 def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
-    """The outbox journal's pending messages in order (with "parts" sent of
-    a split one), the highest id seen, and the numbers (from 0) of the
-    lines that are not whole records: writes a crash cut short.  A "lost"
-    record is kept under id 0: what the last one says was not kept."""
+    """The outbox journal's pending messages in order (with "parts" sent of a split one), the highest id seen, and the
+    numbers (from 0) of the lines that are not whole records: writes a crash cut short.  A "lost" record is kept under
+    id 0: what the last one says was not kept."""
     entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
     last_id, unreadable = 0, []
     for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines):
@@ -2019,14 +1997,11 @@ def journal_line(rec: Dict[str, Any]) -> bytes:
 
 
 class Outbox:
-    """Messages waiting for X, as an append-only journal of JSON lines:
-    {"op":"add",...} when matched, {"op":"part","id":N,"n":K} after part K
-    of a split message, {"op":"done","id":N} when X accepted it (or it went
-    to the dead-letter file).  Bounded: past max_entries or max_bytes of
-    text a new alert is not kept but counted per recipient and action
-    (lost), and the count is sent first when room returns.  Appends reach
-    the disk at sync(), once a poll, before the offsets that cover them
-    are saved; the sender takes only ids up to `committed` (None: all)."""
+    """Messages waiting for X, as an append-only journal of JSON lines: {"op":"add",...} when matched,
+    {"op":"part","id":N,"n":K} after part K of a split message, {"op":"done","id":N} when X accepted it (or it went to
+    the dead-letter file).  Bounded: past max_entries or max_bytes of text a new alert is not kept but counted per
+    recipient and action (lost), and the count is sent first when room returns.  Appends reach the disk at sync(), once
+    a poll, before the offsets that cover them are saved; the sender takes only ids up to `committed` (None: all)."""
 
     def __init__(self, path: str, dead_path: str, fsync: bool = True,
                  max_entries: int = OUTBOX_ENTRIES, max_bytes: int = OUTBOX_BYTES) -> None:
@@ -2117,9 +2092,8 @@ class Outbox:
             self.retry_at = time.monotonic() + 5.0
 
     def retry(self) -> None:
-        """After a failed write, rewrite the journal when the disk has room
-        for it, else every 5 s: never once per alert (issue 9: a full disk
-        made every alert rewrite the whole journal)."""
+        """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
+        (issue 9: a full disk made every alert rewrite the whole journal)."""
         try:
             st = os.statvfs(os.path.dirname(self.path) or ".")
             room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
@@ -2235,12 +2209,10 @@ ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
                      r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
                      r"|\x1b.?")
 CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u115f\u1160\u3164\uffa0\ufffe\uffff]")
-# X links a domain only where a '.' is followed by a letter (every TLD
-# starts with one, IDN and punycode ones too).  Rather than carry X's list
-# of 1,500 TLDs, every such dot counts as a possible link: defanging breaks
-# them all, and counting adds the most a link can add (23 for at least
-# 'a.co', 4).  So the count is never below X's (issue 11: twitter-text's
-# conformance files and a fuzz against its port are the tests).
+# X links a domain only where a '.' is followed by a letter (every TLD starts with one, IDN and punycode ones too).
+# Rather than carry X's list of 1,500 TLDs, every such dot counts as a possible link: defanging breaks them all, and
+# counting adds the most a link can add (23 for at least 'a.co', 4).  So the count is never below X's (issue 11:
+# twitter-text's conformance files and a fuzz against its port are the tests).
 LINKABLE_DOT_RE = re.compile(r"\.(?=[^\W\d_])")
 URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
 TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
@@ -2253,10 +2225,9 @@ def strip_controls(text: str) -> str:
 
 
 def sanitize(text: str) -> str:
-    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and
-    invisible format characters (category Cf: bidi marks, zero-width ones,
-    TAG characters; the Hangul fillers), so a log line cannot drive a
-    terminal, forge a message's layout or hide text in it."""
+    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible format characters (category Cf:
+    bidi marks, zero-width ones, TAG characters; the Hangul fillers), so a log line cannot drive a terminal, forge a
+    message's layout or hide text in it."""
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
     text = strip_controls(text).replace("\t", " ")
@@ -2267,16 +2238,14 @@ def char_weight(ch: str) -> int:
     cp = ord(ch)
     for lo, hi in TWEET_WEIGHT1_RANGES:
         if lo <= cp <= hi:
-            # emoji-like symbols in the light ranges (e.g. (c), (R)) count 2
-            # for X's emoji parser: count them 2 so we never under-count.
+            # emoji-like symbols in the light ranges (e.g. (c), (R)) are 2 for X's emoji parser: never under-count
             return 2 if unicodedata.category(ch) == "So" else 1
     return 2
 
 
 def tweet_weight(text: str) -> int:
-    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2,
-    a link 23), or more: an emoji sequence counts per code point, and each
-    possible link adds its margin."""
+    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2, a link 23), or more: an emoji sequence
+    counts per code point, and each possible link adds its margin."""
     text = unicodedata.normalize("NFC", text)
     weight = len(text) if text.isascii() else sum(char_weight(c) for c in text)
     return weight + len(LINKABLE_DOT_RE.findall(text)) * TWEET_LINK_MARGIN
@@ -2363,9 +2332,8 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
 
 
 def classify(resp: XResponse) -> str:
-    """ok, rate (wait for the reset), auth (credentials) and credit (the
-    account's balance or access: both hold every message, never one's
-    fault), permanent (this message will never go), retry (back off)."""
+    """ok, rate (wait for the reset), auth (credentials) and credit (the account's balance or access: both hold every
+    message, never one's fault), permanent (this message will never go), retry (back off)."""
     status = resp.status
     if status in (200, 201, 401, 429):
         return {401: "auth", 429: "rate"}.get(status, "ok")
@@ -2377,9 +2345,8 @@ def classify(resp: XResponse) -> str:
 
 
 def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Optional[float]:
-    """When X says a window is used up, the epoch time it reopens.  The
-    24-hour headers win when their remaining count is 0.  After a 429
-    without usable headers, wait a minute."""
+    """When X says a window is used up, the epoch time it reopens.  The 24-hour headers win when their remaining count
+    is 0.  After a 429 without usable headers, wait a minute."""
     def num(name: str) -> Optional[float]:
         try:
             return float(headers[name])
@@ -2406,9 +2373,8 @@ def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, 
 
 def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequence[float],
                      spend: Sequence[Sequence[float]], now: float, price: float) -> Tuple[int, float]:
-    """How many more messages of `kind` the local budget allows now, and
-    when the next one frees up if none.  Sends stamped in the future (the
-    clock went back) count as sent now."""
+    """How many more messages of `kind` the local budget allows now, and when the next one frees up if none.  Sends
+    stamped in the future (the clock went back) count as sent now."""
     allowed = 1 << 30
     free_at = now
     for window, key in ((WINDOW_15M, kind + "_per_15m"), (WINDOW_DAY, kind + "_per_day")):
@@ -2469,9 +2435,8 @@ def describe_recipient(to: str, users: Dict[str, Any]) -> str:
 
 
 class Deliverer:
-    """Drains the outbox in order, within X's limits and the local budget.
-    step() does at most one send and says how long to wait before the next
-    call, so tests drive it with a fake clock."""
+    """Drains the outbox in order, within X's limits and the local budget.  step() does at most one send and says how
+    long to wait before the next call, so tests drive it with a fake clock."""
 
     def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
                  budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
@@ -2495,9 +2460,8 @@ class Deliverer:
 
     # -- helpers ---------------------------------------------------------
     def _blocked_for(self, kind: str, now: float) -> float:
-        """Seconds `kind` must still wait for X's reset.  The deadline is
-        kept on the monotonic clock, so a wall clock that jumps does not
-        stretch or cut it; the state file keeps the wall time for restarts."""
+        """Seconds `kind` must still wait for X's reset.  The deadline is kept on the monotonic clock, so a wall clock
+        that jumps does not stretch or cut it; the state file keeps the wall time for restarts."""
         mono = self.monotonic()
         if kind not in self.block_mono:
             until = float(self.state["blocked_until"].get(kind, 0.0))
@@ -2629,8 +2593,7 @@ class Deliverer:
             return
         with self.outbox.lock:                      # counts that come in during the send stay
             lost = dict(self.outbox.lost.get("%s %s" % (kind, entry["to"])) or {})
-        # the last message a window allows, or the first after holding, is a
-        # digest when more wait than the window allows
+        # the last message a window allows, or the first after holding, is a digest when more wait than it allows
         digest = (allowed == 1 or kind in self.summarize_next) and not entry.get("parts")
         self.summarize_next.discard(kind)
         same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
@@ -2716,10 +2679,9 @@ class Credentials:
 
 
 def read_secret(path: str, check_mode: bool = True) -> str:
-    """One secret.  Checked (outside systemd's credentials): a regular file
-    in its directory (a symlink may point only inside it), owned by root or
-    us, that nobody else can read or change; the checks are of the file
-    that was opened (fstat), so it cannot be swapped in between."""
+    """One secret.  Checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
+    inside it), owned by root or us, that nobody else can read or change; the checks are of the file that was opened
+    (fstat), so it cannot be swapped in between."""
     real = os.path.realpath(path)
     try:
         if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
@@ -2864,10 +2826,9 @@ def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]
 
 
 def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
-    """urllib with verification always on (--ca-file adds to the system's
-    CAs), no redirects (a 3xx would carry the signed request elsewhere and
-    its 200 would count as delivered), and no proxy for a loopback base
-    (an http proxy would see the Authorization header)."""
+    """urllib with verification always on (--ca-file adds to the system's CAs), no redirects (a 3xx would carry the
+    signed request elsewhere and its 200 would count as delivered), and no proxy for a loopback base (an http proxy
+    would see the Authorization header)."""
     import ssl
     import urllib.request
 
@@ -2961,16 +2922,14 @@ class XClient:
 
 
 # ==== Actions ================================================================
-# Programs run as argv lists: never through a shell.  Children run while
-# matching goes on; at most max_children at once, the rest wait in a
-# bounded queue; each is reaped, and killed after its timeout.
+# Programs run as argv lists: never through a shell.  Children run while matching goes on; at most max_children at once,
+# the rest wait in a bounded queue; each is reaped, and killed after its timeout.
 
 
 def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match], raw: bool = False) -> List[str]:
-    """Expand each argument on its own: a log line stays one argument,
-    without control characters and escape sequences unless raw (tab is
-    kept), and an argument whose '-' does not come from the config ('$1',
-    "''$1", '""$1': issue 10) gets a leading space: never an option."""
+    """Expand each argument on its own: a log line stays one argument, without control characters and escape sequences
+    unless raw (tab is kept), and an argument whose '-' does not come from the config ('$1', "''$1", '""$1': issue 10)
+    gets a leading space: never an option."""
     argv = []
     for i, t in enumerate(templates):
         value = t.expand(line, match, str if raw else strip_controls).replace("\0", "")
@@ -3247,9 +3206,8 @@ def ensure_dir(path: str) -> None:
 
 
 def daemonize() -> int:
-    """Detach (double fork, setsid).  The launcher waits until the daemon
-    reports 'ok' (pid file written) or an error, and exits with it.
-    Returns the write end of that report pipe, in the daemon."""
+    """Detach (double fork, setsid).  The launcher waits until the daemon reports 'ok' (pid file written) or an error,
+    and exits with it.  Returns the write end of that report pipe, in the daemon."""
     r, w = os.pipe()
     if os.fork() > 0:
         os.close(w)
@@ -3674,10 +3632,9 @@ def default_script_dir(env: Dict[str, str]) -> str:
 
 
 def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False, started: bool = False) -> bool:
-    """Until the watcher has started, everything goes to stderr, so start-up
-    errors reach the terminal or init script.  Then: --log-file, or for a
-    daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
-    logging to syslog, whose lines may come back in a watched file."""
+    """Until the watcher has started, everything goes to stderr, so start-up errors reach the terminal or init script.
+    Then: --log-file, or for a daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when logging to syslog,
+    whose lines may come back in a watched file."""
     LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
     LOG.propagate = False
     for h in list(LOG.handlers):
@@ -3911,7 +3868,6 @@ def check_recipient(client: XClient, to: str, sender: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
          out: Any = None, inp: Any = None) -> int:
-    """Run the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     env = dict(os.environ) if env is None else env
     out = out or sys.stdout
