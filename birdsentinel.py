@@ -840,8 +840,7 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     if key == "bell":
         return Action("bell", lineno, count=parse_int(rest or "1", "bell", path, lineno, 1), when=when)
     if key == "mail":
-        addrs = opts.get("addresses") or ":".join(bare)
-        recipients = tuple(a.strip() for a in addrs.split(":") if a.strip())
+        recipients = tuple(a.strip() for a in (opts.get("addresses") or ":".join(bare)).split(":") if a.strip())
         mailer = parse_command(opts["mailer"], path, lineno, "mailer") if "mailer" in opts else ()
         return Action("mail", lineno, recipients=recipients, argv=mailer, when=when, message=message,
                       subject=Template.parse(opts.get("subject", "birdsentinel alert")))
@@ -1610,10 +1609,7 @@ def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
     """Return (act?, new bucket).  With count=2 seconds=5 and one event a
     second: limit acts on 0,1,5,6,10,11; threshold on 1,3,6,8,11; both on 1,6,11."""
-    if bucket is None or threshold_expired(bucket, now, th):
-        first, events = now, 1
-    else:
-        first, events = bucket[0], bucket[1] + 1
+    first, events = (now, 1) if bucket is None or threshold_expired(bucket, now, th) else (bucket[0], bucket[1] + 1)
     if th.type == "limit":
         return events <= th.count, [first, events]
     if th.type == "threshold":
@@ -2038,8 +2034,7 @@ class Outbox:
                 if e["id"] not in late:
                     self._keep(e)
             self.next_id = max(self.next_id, last_id + 1, (committed or 0) + 1)     # a compacted journal holds no ids
-            self.committed = committed
-            self.lost_changed = False
+            self.committed, self.lost_changed = committed, False
             if unreadable:
                 LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, len(unreadable))
             if late:
@@ -2140,8 +2135,7 @@ class Outbox:
     def first(self, kind: str) -> Optional[Dict[str, Any]]:
         """The oldest message of `kind` the sender may take."""
         with self.lock:
-            q = self.queues.get(kind)
-            e = next(iter(q.values()), None) if q else None
+            e = next(iter(self.queues.get(kind, {}).values()), None)
             return e if e is not None and self.ready(e) else None
 
     def ready(self, e: Dict[str, Any]) -> bool:
@@ -2270,8 +2264,7 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
         return [text]
     text = text.strip()
     for digits in range(1, 6):
-        marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
-        parts = _greedy_split(text, limit - marker_room, weigh)
+        parts = _greedy_split(text, limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), weigh)
         if len(str(len(parts))) <= digits:
             return ["%s (%d/%d)" % (p, i, len(parts)) for i, p in enumerate(parts, 1)]
     raise ValueError("message too long to split")
@@ -2322,8 +2315,7 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
             break
         text, used = candidate, used + 1
     if used == 0 and held:                      # always carry at least one line
-        first = split_message(held[0], limit - weigh(head) - 1, weigh)[0]
-        text, used = head + "\n" + first, 1
+        text, used = head + "\n" + split_message(held[0], limit - weigh(head) - 1, weigh)[0], 1
     return text, used
 
 
@@ -2375,8 +2367,7 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
                      spend: Sequence[Sequence[float]], now: float, price: float) -> Tuple[int, float]:
     """How many more messages of `kind` the local budget allows now, and when the next one frees up if none.  Sends
     stamped in the future (the clock went back) count as sent now."""
-    allowed = 1 << 30
-    free_at = now
+    allowed, free_at = 1 << 30, now
     for window, key in ((WINDOW_15M, kind + "_per_15m"), (WINDOW_DAY, kind + "_per_day")):
         limit = budget.get(key)
         if limit is None:
@@ -2384,14 +2375,12 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
         recent = sorted(min(t, now) for t in sent if t > now - window)
         left = int(limit) - len(recent)
         if left <= 0:
-            idx = len(recent) - int(limit)
-            free_at = max(free_at, (recent[idx] if recent else now) + window)
+            free_at = max(free_at, (recent[len(recent) - int(limit)] if recent else now) + window)
         allowed = min(allowed, left)
     cap = budget.get("usd_per_day")
     if cap is not None:
         recent_spend = sorted((min(t, now), u) for t, u in spend if t > now - WINDOW_DAY)
-        spent = sum(u for _, u in recent_spend)
-        left = int((cap - spent + 1e-9) // price) if price > 0 else allowed
+        left = int((cap - sum(u for _, u in recent_spend) + 1e-9) // price) if price > 0 else allowed
         if left <= 0:
             free_at = max(free_at, (recent_spend[0][0] if recent_spend else now) + WINDOW_DAY)
         allowed = min(allowed, left)
@@ -2896,8 +2885,7 @@ class XClient:
         finally:
             with contextlib.suppress(Exception):
                 resp.close()
-        hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
-        return XResponse(int(status), hdrs, body)
+        return XResponse(int(status), {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}, body)
 
     # -- endpoints -------------------------------------------------------
     def send_dm(self, recipient_id: str, text: str) -> XResponse:
@@ -3641,15 +3629,14 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
-    syslog = False
+    syslog = started and daemon and not opts.log_file and os.path.exists("/dev/log")
     log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
     if started and (opts.log_file or daemon):
         import logging.handlers as loghandlers      # local name: 'logging' stays the module
     try:
-        if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
+        if syslog:
             handler = loghandlers.SysLogHandler(address="/dev/log", facility=loghandlers.SysLogHandler.LOG_DAEMON)
             handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-            syslog = True
         elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
             if not opts.log_file:
                 os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
@@ -3870,8 +3857,7 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
          out: Any = None, inp: Any = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     env = dict(os.environ) if env is None else env
-    out = out or sys.stdout
-    inp = inp or sys.stdin
+    out, inp = out or sys.stdout, inp or sys.stdin
     try:
         opts = parse_args(argv)
         if opts.help or opts.version:
