@@ -140,10 +140,9 @@ import types
 import unicodedata
 import urllib.parse
 import zlib
-# hashlib, hmac, http.client, ipaddress, logging.handlers, ssl, urllib.error
-# and urllib.request are imported in the functions that use them: OpenSSL,
-# the HTTP stack and the syslog handler cost about 9 MB of memory that a
-# watcher without X actions, and every --examine run, never needs.
+# hashlib, hmac, http.client, ipaddress, logging.handlers, ssl, urllib.error and urllib.request are imported in the
+# functions that use them: OpenSSL, the HTTP stack and the syslog handler cost about 9 MB of memory that a watcher
+# without X actions, and every --examine run, never needs.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -151,9 +150,8 @@ __version__ = "0.1.0"
 
 LOG = logging.getLogger("birdsentinel")
 
-# The sections below, in data-flow order: Constants, Errors, OAuth 1.0a,
-# Config, Sources, Matching, State and outbox, Messages, Delivery, X API
-# client, Actions, Runtime, Command line.
+# The sections below, in data-flow order: Constants, Errors, OAuth 1.0a, Config, Sources, Matching, State and outbox,
+# Messages, Delivery, X API client, Actions, Runtime, Command line.
 
 # ==== Constants ==============================================================
 # Read-only: tables are MappingProxyType, sequences tuples.  The only module
@@ -193,8 +191,7 @@ TWEET_URL_WEIGHT = 23
 TWEET_MAX_TEXT = 1000         # longer alert text is cut before it is posted (4 posts at most)
 TWEET_WEIGHT1_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
 PRICE_USD = types.MappingProxyType({"dm": 0.015, "tweet": 0.015, "tweet_url": 0.20})
-DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440),
-                  ("tweet_per_15m", 100), ("tweet_per_day", 10000),
+DEFAULT_BUDGET = (("dm_per_15m", 15), ("dm_per_day", 1440), ("tweet_per_15m", 100), ("tweet_per_day", 10000),
                   ("usd_per_day", None))
 WINDOW_15M = 900.0
 WINDOW_DAY = 86400.0
@@ -219,13 +216,10 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 ECHO_MODES = types.MappingProxyType({
-    "normal": "0", "bold": "1", "underline": "4", "underscore": "4",
-    "blink": "5", "inverse": "7", "reverse": "7", "concealed": "8",
-    "black": "30", "red": "31", "green": "32", "yellow": "33",
-    "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
-    "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
-    "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47",
-})
+    "normal": "0", "bold": "1", "underline": "4", "underscore": "4", "blink": "5", "inverse": "7", "reverse": "7",
+    "concealed": "8", "black": "30", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
+    "cyan": "36", "white": "37", "on_black": "40", "on_red": "41", "on_green": "42", "on_yellow": "43",
+    "on_blue": "44", "on_magenta": "45", "on_cyan": "46", "on_white": "47"})
 
 
 # ==== Errors =================================================================
@@ -244,10 +238,7 @@ class ConfigError(BirdError):
 
     def __init__(self, path: str, lineno: int, what: str, hint: str = "") -> None:
         self.path, self.lineno, self.what, self.hint = path, lineno, what, hint
-        text = '"%s", line %d: %s' % (path, lineno, what)
-        if hint:
-            text += " \u2014 " + hint
-        super().__init__(text)
+        super().__init__('"%s", line %d: %s' % (path, lineno, what) + (" \u2014 " + hint if hint else ""))
 
 
 class CredentialsError(BirdError):
@@ -279,8 +270,7 @@ class XNetworkError(BirdError):
 
 
 # ==== OAuth 1.0a (RFC 5849) ==================================================
-# One small pure function per RFC concept.  Nonce and timestamp are
-# parameters, so every step has known-answer tests.
+# One small pure function per RFC concept.  Nonce and timestamp are parameters, so every step has known-answer tests.
 
 
 def percent_encode(value: str) -> str:
@@ -302,10 +292,9 @@ def base_string_uri(url: str) -> str:
 
 def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
                        form_body: Optional[str] = None) -> List[Tuple[str, str]]:
-    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters
-    (without oauth_signature and realm) and a form-encoded body.  A JSON body
-    is NOT a parameter source: the caller passes form_body only for
-    application/x-www-form-urlencoded requests."""
+    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and
+    realm) and a form-encoded body.  A JSON body is NOT a parameter source: the caller passes form_body only
+    for application/x-www-form-urlencoded requests."""
     params = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
     params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
     if form_body:
@@ -338,13 +327,10 @@ def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
     return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in oauth_params)
 
 
-def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
-                 token: str = "", token_secret: str = "", *, nonce: str, timestamp: str,
-                 form_body: Optional[str] = None,
-                 extra_oauth: Sequence[Tuple[str, str]] = (),
-                 version: Optional[str] = "1.0") -> str:
+def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
+                 token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
+                 extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
     """Sign one request (HMAC-SHA1) and return its Authorization header.
-
     extra_oauth carries oauth_callback or oauth_verifier (section 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
@@ -370,11 +356,9 @@ def new_nonce() -> str:
 PERL_VAR_RE = re.compile(r"(?<!\\)[$@](?:\{?[A-Za-z_][A-Za-z0-9_]*\}?)")
 TEMPLATE_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[0-9])\}|([0-9_*])|([A-Za-z_][A-Za-z0-9_]*))")
 POSIX_CLASSES = types.MappingProxyType({
-    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z",
-    "lower": "a-z", "space": r"\s", "xdigit": "0-9A-Fa-f", "word": r"\w",
-    "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
-    "print": r"\x20-\x7e", "graph": r"\x21-\x7e",
-})
+    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z", "space": r"\s",
+    "xdigit": "0-9A-Fa-f", "word": r"\w", "punct": r"!-/:-@\[-`{-~", "blank": r" \t", "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e", "graph": r"\x21-\x7e"})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
@@ -557,9 +541,8 @@ class Rule:
 
     @property
     def ident(self) -> str:
-        """Names this rule's counters in the state file: stable across
-        restarts and reloads while the rule keeps its place and pattern
-        (two rules with one pattern keep separate counters, as in swatch)."""
+        """Names this rule's counters in the state file: stable across restarts and reloads while the rule
+        keeps its place and pattern (two rules with one pattern keep separate counters, as in swatch)."""
         return "%d:%s" % (self.index, self.pattern.source)
 
 
@@ -743,9 +726,8 @@ def find_shell_syntax(command: str) -> Optional[str]:
 
 
 def split_words(value: str) -> List[List[Tuple[str, bool]]]:
-    """Split a command like a POSIX shell splits words, keeping which parts
-    were single-quoted: (text, literal) segments per word.  Raises
-    ValueError on an unbalanced quote."""
+    """Split a command like a POSIX shell splits words, keeping which parts were single-quoted:
+    (text, literal) segments per word.  Raises ValueError on an unbalanced quote."""
     words: List[List[Tuple[str, bool]]] = []
     word: Optional[List[Tuple[str, bool]]] = None
     i, n = 0, len(value)
@@ -798,10 +780,9 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
         raise ConfigError(path, lineno, "%s needs a command" % what, "e.g. %s /usr/local/bin/alert $_" % what)
     bad = find_shell_syntax(value)
     if bad:
-        raise ConfigError(
-            path, lineno, "%s command uses shell syntax %r: %s" % (what, bad, value),
-            "no shell runs here; to use one, pass the line as an argument: "
-            "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
+        raise ConfigError(path, lineno, "%s command uses shell syntax %r: %s" % (what, bad, value),
+                          "no shell runs here; to use one, pass the line as an argument: "
+                          "%s sh -c 'your | shell >> code \"$1\"' sh $_" % what)
     try:
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
@@ -895,8 +876,7 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     if key == "bell":
         return Action("bell", lineno, count=parse_int(rest or "1", "bell", path, lineno, 1), when=when)
     if key == "mail":
-        addrs = opts.get("addresses") or ":".join(bare)
-        recipients = tuple(a.strip() for a in addrs.split(":") if a.strip())
+        recipients = tuple(a.strip() for a in (opts.get("addresses") or ":".join(bare)).split(":") if a.strip())
         mailer = parse_command(opts["mailer"], path, lineno, "mailer") if "mailer" in opts else ()
         return Action("mail", lineno, recipients=recipients, argv=mailer, when=when, message=message,
                       subject=Template.parse(opts.get("subject", "birdsentinel alert")))
@@ -936,8 +916,7 @@ def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
         if k not in opts:
             raise ConfigError(path, lineno, "threshold needs %s=" % k, "e.g. threshold type=limit,count=1,seconds=60")
     return Threshold(t, parse_int(opts["count"], "count", path, lineno, 1),
-                     parse_int(opts["seconds"], "seconds", path, lineno, 1),
-                     Template.parse(opts.get("track_by", "")))
+                     parse_int(opts["seconds"], "seconds", path, lineno, 1), Template.parse(opts.get("track_by", "")))
 
 
 def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
@@ -953,8 +932,7 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
     if not delay_text:
         raise ConfigError(path, lineno, "throttle needs a delay", "e.g. throttle 15:00")
     key = opts.get("key")
-    return Throttle(parse_duration(delay_text, path, lineno),
-                    None if key in (None, "log") else Template.parse(key),
+    return Throttle(parse_duration(delay_text, path, lineno), None if key in (None, "log") else Template.parse(key),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
@@ -992,7 +970,6 @@ def parse_outbox(value: str, path: str, lineno: int) -> Dict[str, int]:
 
 
 def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
-    """Parse a config file (and its includes) into a Config."""
     if text is None:
         text = read_config_text(path, _stack[-1] if _stack else "", 0)
     rules: List[Rule] = []
@@ -1106,19 +1083,16 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
 
 
 # ==== Sources ================================================================
-# Where lines come from; each source has poll() (a bounded read) and close().
-# Byte offsets; a file is (st_dev, st_ino) plus a hash of its first bytes.
-# Rotation is noticed three ways, as fail2ban does: the path names another
-# inode (rename+create, delete+create), the file is shorter than our offset
-# (truncate, copytruncate), or its first bytes changed while it kept its
-# inode and grew past our offset before we looked (copytruncate race).
+# Where lines come from; each source has poll() (a bounded read) and close().  Byte offsets; a file is (st_dev, st_ino)
+# plus a hash of its first bytes.  Rotation is noticed three ways, as fail2ban does: the path names another inode
+# (rename+create, delete+create), the file is shorter than our offset (truncate, copytruncate), or its first bytes
+# changed while it kept its inode and grew past our offset before we looked (copytruncate race).
 
 ROTATED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".Z", ".zip")
 
 
 def fingerprint(fd: int, length: int) -> str:
-    """'N:CRC' of the first `length` bytes: enough to tell two files apart
-    (rotation), not meant to resist forgery."""
+    """'N:CRC' of the first `length` bytes: enough to tell two files apart (rotation), not meant to resist forgery."""
     data = os.pread(fd, length, 0)
     return "%d:%08x" % (len(data), zlib.crc32(data))
 
@@ -1131,17 +1105,14 @@ def fp_length(fp: str) -> int:
 
 
 class LineSplitter:
-    """Bytes in, complete lines out (as one decoded text block ending in a
-    newline).  Holds a partial last line until its newline arrives; keeps
-    only the first MAX_LINE bytes of a longer line."""
+    """Bytes in, complete lines out (as one decoded text block ending in a newline).  Holds a partial last line until
+    its newline arrives; keeps only the first MAX_LINE bytes of a longer line."""
 
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
-        self.name = name
-        self.max_line = max_line
+        self.name, self.max_line = name, max_line
         self.reset()
 
     def feed(self, chunk: bytes) -> str:
-        """Return the complete lines this chunk finishes, as text."""
         out: List[bytes] = []
         if self.discarding:
             nl = chunk.find(b"\n")
@@ -1166,9 +1137,8 @@ class LineSplitter:
         return block.decode("utf-8", "replace")
 
     def _cut_long_lines(self, block: bytes) -> bytes:
-        """Cut complete lines longer than max_line.  A line that long holds
-        a whole aligned stretch of max_line/2 bytes without a newline, so a
-        few short searches rule it out for ordinary blocks."""
+        """Cut complete lines longer than max_line.  A line that long holds a whole aligned stretch of max_line/2 bytes
+        without a newline, so a few short searches rule it out for ordinary blocks."""
         step = max(self.max_line // 2, 1)
         if len(block) <= self.max_line or all(
                 block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
@@ -1209,20 +1179,14 @@ class Handle:
 class FileTailer:
     """Follows one path across rotations without losing lines."""
 
-    def __init__(self, path: str, on_text: Callable[[str], None],
-                 saved: Optional[Dict[str, Any]] = None, start_at_end: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.path = path
-        self.on_text = on_text
-        self.clock = clock
+    def __init__(self, path: str, on_text: Callable[[str], None], saved: Optional[Dict[str, Any]] = None,
+                 start_at_end: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self.on_text, self.clock, self.saved, self.start_at_end = path, on_text, clock, saved, start_at_end
         self.cur: Optional[Handle] = None
         self.retired: List[Handle] = []
-        self.saved = saved
-        self.start_at_end = start_at_end
-        self.started = False
+        self.started = self.missing_logged = False
         self.done = False                       # a followed file never ends
         self.more = False                       # the last poll stopped before the end
-        self.missing_logged = False
         self.error_logged: Optional[str] = None
 
     # -- opening ---------------------------------------------------------
@@ -1292,11 +1256,9 @@ class FileTailer:
         self.cur = self._handle(fd, st, 0)
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
-        """logtail2's rule: after a rotation while stopped, finish the old
-        file (path.1, path-DATE, ...) from the saved offset.  It is found by
-        its inode; failing that (copytruncate made a copy), by its first
-        bytes, the newest such copy, and only when those bytes were enough
-        to tell files apart."""
+        """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
+        offset.  It is found by its inode; failing that (copytruncate made a copy), by its first bytes, the newest such
+        copy, and only when those bytes were enough to tell files apart."""
         directory, base = os.path.split(self.path)
         try:
             names = os.listdir(directory or ".")
@@ -1332,11 +1294,7 @@ class FileTailer:
         if st.st_size < offset:
             offset = 0
         LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
-        h = Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock())
-        while self._drain(h):                       # all of it: the file is not looked at again
-            pass
-        self._flush_partial(h)
-        os.close(fd)
+        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock()))
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
@@ -1368,12 +1326,15 @@ class FileTailer:
                 h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
         return total
 
-    def _flush_partial(self, h: Handle) -> None:
-        """A rotated file will not get its last newline: emit what is held."""
+    def _finish(self, h: Handle) -> None:
+        """A file not looked at again: read all of it, emit its last line (which gets no newline), close it."""
+        while self._drain(h):
+            pass
         if h.splitter.pending:
             text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
             h.splitter.reset()
             self.on_text(text + "\n")
+        os.close(h.fd)
 
     def _retire(self, h: Handle) -> None:
         while self._drain(h):                       # the saved offset will be the new file's: all of the old
@@ -1381,11 +1342,7 @@ class FileTailer:
         h.last_growth = self.clock()              # the grace starts at the rotation
         self.retired.append(h)
         while len(self.retired) > 4:
-            old = self.retired.pop(0)
-            while self._drain(old):                 # a bounded poll may have left some of it
-                pass
-            self._flush_partial(old)
-            os.close(old.fd)
+            self._finish(self.retired.pop(0))       # a bounded poll may have left some of it
 
     def poll(self) -> int:
         """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
@@ -1393,9 +1350,8 @@ class FileTailer:
         now = self.clock()
         for h in list(self.retired):            # writers may still append after a rename
             total += self._drain(h)
-            if now - h.last_growth > RETIRED_GRACE:
-                self._flush_partial(h)
-                os.close(h.fd)
+            if now - h.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
+                self._finish(h)
                 self.retired.remove(h)
         if self.cur is None:
             if not self.started:
@@ -1413,8 +1369,7 @@ class FileTailer:
                         "reading from the start", self.path, h.pos, size)
             self._restart_at_zero(h)
         elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s was truncated and rewritten (its first bytes changed): "
-                        "reading from the start", self.path)
+            LOG.warning("%s was truncated and rewritten (its first bytes changed): reading from the start", self.path)
             self._restart_at_zero(h)
         total += self._drain(h)                  # the inode we hold, to its end
         try:
@@ -1445,9 +1400,8 @@ class FileTailer:
         h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
 
     def snapshot(self) -> Dict[str, Any]:
-        """What the state file keeps for this path.  Without a current file
-        (rotated away, or not there yet) the entry says so: whatever file
-        appears there later is read from its start."""
+        """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
+        says so: whatever file appears there later is read from its start."""
         h = self.cur
         if h is not None:
             return {"dev": h.ident[0], "ino": h.ident[1], "fp": h.fp, "offset": h.offset}
@@ -1722,8 +1676,7 @@ class Inotify:
         libc = ctypes.CDLL(None, use_errno=True)
         if not hasattr(libc, "inotify_init1"):
             raise OSError(errno.ENOSYS, "no inotify in this libc")
-        self.libc = libc
-        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.libc, self.fd = libc, libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.watched: Dict[str, Any] = {}
@@ -1746,17 +1699,14 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a
-# block of lines is searched once per rule for a literal that any match of
-# that rule must contain (str.find runs at memory speed; the literals come
-# from the regex's parse tree, inside groups too), or, for rules without
-# one, with one combined regex; only the lines found are matched against
-# the rules, in order.
+# Most lines match no rule.  Rather than run every rule on every line, a block of lines is searched once per rule for a
+# literal that any match of that rule must contain (str.find runs at memory speed; the literals come from the regex's
+# parse tree, inside groups too), or, for rules without one, with one combined regex; only the lines found are matched
+# against the rules, in order.
 
 def required_literals(src: str, min_len: int = 3) -> List[str]:
-    """Literals of which every match of the regex `src` contains at least
-    one, read from its parse tree, or [] when none is min_len long.  A
-    pattern the parser cannot read is still matched, only without them."""
+    """Literals of which every match of the regex `src` contains at least one, read from its parse tree, or [] when none
+    is min_len long.  A pattern the parser cannot read is still matched, only without them."""
     try:                                            # the standard library's parser, read only
         import re._parser as p                      # type: ignore[import]
     except ImportError:                             # Python 3.9, 3.10
@@ -1769,9 +1719,8 @@ def required_literals(src: str, min_len: int = 3) -> List[str]:
 
 
 def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
-    """The best choice in a sequence (the set whose shortest member is
-    longest): each run of plain characters, and each group, repeat (at
-    least once) or alternation (one set per branch) that gives a set."""
+    """The best choice in a sequence (the set whose shortest member is longest): each run of plain characters, and each
+    group, repeat (at least once) or alternation (one set per branch) that gives a set."""
     cands: List[Tuple[str, ...]] = []
     run = ""
     for op, av in seq:
@@ -1844,8 +1793,7 @@ def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
         if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)|\(\?<?[=!]", src):
             return None                       # back-references, global flags, lookarounds (see newlines)
         src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
-        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE))
-                     if t.regex.flags & bit)
+        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE)) if t.regex.flags & bit)
         alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
     try:
         return re.compile("|".join(alts), re.MULTILINE)
@@ -1854,8 +1802,7 @@ def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
 
 
 def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
-    """Start offsets, in order, of the lines of `text` that some watchfor
-    may match; None: every line must be tried."""
+    """Start offsets, in order, of the lines of `text` that some watchfor may match; None: every line must be tried."""
     if plan.per_line:
         return None
     starts = set()
@@ -1902,19 +1849,15 @@ def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
     return tuple(x.casefold() if ci else x for x in lits), ci
 
 # -- thresholds ------------------------------------------------------------
-# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A
-# bucket is [first, events] with integer seconds of processing time.  A
-# clock that went backwards (now < first) ends the window instead of
-# freezing it for the length of the jump.
+# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] with integer seconds
+# of processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the length
+# of the jump.
 
 
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
     """Return (act?, new bucket).  With count=2 seconds=5 and one event a
     second: limit acts on 0,1,5,6,10,11; threshold on 1,3,6,8,11; both on 1,6,11."""
-    if bucket is None or threshold_expired(bucket, now, th):
-        first, events = now, 1
-    else:
-        first, events = bucket[0], bucket[1] + 1
+    first, events = (now, 1) if bucket is None or threshold_expired(bucket, now, th) else (bucket[0], bucket[1] + 1)
     if th.type == "limit":
         return events <= th.count, [first, events]
     if th.type == "threshold":
@@ -1923,10 +1866,9 @@ def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tup
 
 
 def throttle_fires(rec: Optional[List[float]], now: float, th: Throttle) -> Tuple[bool, str, List[float]]:
-    """swatch's throttle: the first event acts; later ones are counted and
-    suppressed until one arrives after LAST + delay, which acts with
-    ' (seen N times)'.  With threshold=N: act on every N-th event (at most
-    once per delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
+    """swatch's throttle: the first event acts; later ones are counted and suppressed until one arrives after
+    LAST + delay, which acts with ' (seen N times)'.  With threshold=N: act on every N-th event (at most once per
+    delay) with ' (threshold N exceeded)'.  rec is [last, count]."""
     if rec is None and not th.threshold:
         return True, "", [now, 1]
     last, count = rec if rec is not None else [-1e18, 0]
@@ -1949,9 +1891,8 @@ def threshold_expired(bucket: List[int], now: float, th: Threshold) -> bool:
 
 
 def throttle_expired(rec: List[float], now: float, th: Throttle) -> bool:
-    """The next event acts anyway.  A plain throttle's record is kept a
-    day longer for its '(seen N times)'; a threshold throttle with events
-    counted is never dropped (its count decides)."""
+    """The next event acts anyway.  A plain throttle's record is kept a day longer for its '(seen N times)'; a threshold
+    throttle with events counted is never dropped (its count decides)."""
     last, count = rec
     if th.threshold:
         return count == 0 and (now > last + th.delay or now < last)
@@ -1963,10 +1904,9 @@ def bounded_key(key: str) -> str:
 
 
 def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], bool], steps: int = 2) -> None:
-    """Look at the table's `steps` oldest entries: drop the expired ones,
-    put the others at the end.  O(1) per event, and every entry comes up
-    in turn; a live counter is never dropped to make room (issue 10: decoy
-    keys evicted a brute-force counter)."""
+    """Look at the table's `steps` oldest entries: drop the expired ones, put the others at the end.  O(1) per event,
+    and every entry comes up in turn; a live counter is never dropped to make room (issue 10: decoy keys evicted a
+    brute-force counter)."""
     for _ in range(min(steps, len(table))):
         key, rec = table.popitem(last=False)
         if not expired(rec):
@@ -2144,23 +2084,19 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
 
 
 def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
-    """Refuse a file birdsentinel did not make: the classic script dir is
-    group-writable (sticky), so a group member can plant a state file, an
-    outbox to read or a symlink to another file before we create ours."""
-    kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-            else "not a regular file" if not stat.S_ISREG(st.st_mode) else "")
-    if kind:
-        why = "it is %s" % kind
-    elif st.st_uid != os.geteuid():
-        why = "it belongs to uid %d, not to uid %d who runs birdsentinel" % (st.st_uid, os.geteuid())
-    elif st.st_mode & (0o027 if private else 0o022):
+    """Refuse a file birdsentinel did not make: the classic script dir is group-writable (sticky), so a group member can
+    plant a state file, an outbox to read or a symlink to another file before we create ours."""
+    why = ("it is a symbolic link" if stat.S_ISLNK(st.st_mode) else "it is a FIFO" if stat.S_ISFIFO(st.st_mode)
+           else "it is not a regular file" if not stat.S_ISREG(st.st_mode)
+           else "it belongs to uid %d, not to uid %d who runs birdsentinel" % (st.st_uid, os.geteuid())
+           if st.st_uid != os.geteuid() else "")
+    if why:
+        raise UnsafeFileError("refusing %s: %s; birdsentinel did not make it. Look at who did, remove it "
+                              "(rm -- %s) and start again" % (path, why, shlex.quote(path)))
+    if st.st_mode & (0o027 if private else 0o022):
         raise UnsafeFileError("refusing %s: its mode %04o lets other users %s it; chmod %s %s" % (
             path, stat.S_IMODE(st.st_mode), "read or change" if private else "change",
             "600" if private else "644", shlex.quote(path)))
-    else:
-        return
-    raise UnsafeFileError("refusing %s: %s; birdsentinel did not make it. Look at who did, remove it "
-                          "(rm -- %s) and start again" % (path, why, shlex.quote(path)))
 
 
 def open_ours(path: str, flags: int, private: bool = True) -> int:
@@ -2224,8 +2160,7 @@ class StateStore:
     is logged once per cause; the next save retries."""
 
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
-        self.path = path
-        self.writer = writer
+        self.path, self.writer = path, writer
         self.failing: Optional[str] = None
 
     def load(self) -> Tuple[Dict[str, Any], bool]:
@@ -2289,10 +2224,9 @@ def acquire_lock(state_path: str) -> int:
 
 
 def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
-    """The outbox journal's pending messages in order (with "parts" sent of
-    a split one), the highest id seen, and the numbers (from 0) of the
-    lines that are not whole records: writes a crash cut short.  A "lost"
-    record is kept under id 0: what the last one says was not kept."""
+    """The outbox journal's pending messages in order (with "parts" sent of a split one), the highest id seen, and the
+    numbers (from 0) of the lines that are not whole records: writes a crash cut short.  A "lost" record is kept under
+    id 0: what the last one says was not kept."""
     entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
     last_id, unreadable = 0, []
     for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines):
@@ -2319,14 +2253,11 @@ def journal_line(rec: Dict[str, Any]) -> bytes:
 
 
 class Outbox:
-    """Messages waiting for X, as an append-only journal of JSON lines:
-    {"op":"add",...} when matched, {"op":"part","id":N,"n":K} after part K
-    of a split message, {"op":"done","id":N} when X accepted it (or it went
-    to the dead-letter file).  Bounded: past max_entries or max_bytes of
-    text a new alert is not kept but counted per recipient and action
-    (lost), and the count is sent first when room returns.  Appends reach
-    the disk at sync(), once a poll, before the offsets that cover them
-    are saved; the sender takes only ids up to `committed` (None: all)."""
+    """Messages waiting for X, as an append-only journal of JSON lines: {"op":"add",...} when matched,
+    {"op":"part","id":N,"n":K} after part K of a split message, {"op":"done","id":N} when X accepted it (or it went to
+    the dead-letter file).  Bounded: past max_entries or max_bytes of text a new alert is not kept but counted per
+    recipient and action (lost), and the count is sent first when room returns.  Appends reach the disk at sync(), once
+    a poll, before the offsets that cover them are saved; the sender takes only ids up to `committed` (None: all)."""
 
     def __init__(self, path: str, dead_path: str, fsync: bool = True,
                  max_entries: int = OUTBOX_ENTRIES, max_bytes: int = OUTBOX_BYTES) -> None:
@@ -2363,8 +2294,7 @@ class Outbox:
                 if e["id"] not in late:
                     self._keep(e)
             self.next_id = max(self.next_id, last_id + 1, (committed or 0) + 1)     # a compacted journal holds no ids
-            self.committed = committed
-            self.lost_changed = False
+            self.committed, self.lost_changed = committed, False
             if unreadable:
                 LOG.warning("outbox %s: skipped %d unreadable record(s) left by a crash", self.path, len(unreadable))
             if late:
@@ -2417,9 +2347,8 @@ class Outbox:
             self.retry_at = time.monotonic() + 5.0
 
     def retry(self) -> None:
-        """After a failed write, rewrite the journal when the disk has room
-        for it, else every 5 s: never once per alert (issue 9: a full disk
-        made every alert rewrite the whole journal)."""
+        """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
+        (issue 9: a full disk made every alert rewrite the whole journal)."""
         try:
             st = os.statvfs(os.path.dirname(self.path) or ".")
             room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
@@ -2466,8 +2395,7 @@ class Outbox:
     def first(self, kind: str) -> Optional[Dict[str, Any]]:
         """The oldest message of `kind` the sender may take."""
         with self.lock:
-            q = self.queues.get(kind)
-            e = next(iter(q.values()), None) if q else None
+            e = next(iter(self.queues.get(kind, {}).values()), None)
             return e if e is not None and self.ready(e) else None
 
     def ready(self, e: Dict[str, Any]) -> bool:
@@ -2535,12 +2463,10 @@ ANSI_RE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"      # OSC ... BEL/ST
                      r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"         # DCS, PM, APC, SOS
                      r"|\x1b.?")
 CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u115f\u1160\u3164\uffa0\ufffe\uffff]")
-# X links a domain only where a '.' is followed by a letter (every TLD
-# starts with one, IDN and punycode ones too).  Rather than carry X's list
-# of 1,500 TLDs, every such dot counts as a possible link: defanging breaks
-# them all, and counting adds the most a link can add (23 for at least
-# 'a.co', 4).  So the count is never below X's (issue 11: twitter-text's
-# conformance files and a fuzz against its port are the tests).
+# X links a domain only where a '.' is followed by a letter (every TLD starts with one, IDN and punycode ones too).
+# Rather than carry X's list of 1,500 TLDs, every such dot counts as a possible link: defanging breaks them all, and
+# counting adds the most a link can add (23 for at least 'a.co', 4).  So the count is never below X's (issue 11:
+# twitter-text's conformance files and a fuzz against its port are the tests).
 LINKABLE_DOT_RE = re.compile(r"\.(?=[^\W\d_])")
 URL_SCHEME_RE = re.compile(r"(?i)\b(https?|ftp)://")
 TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
@@ -2553,10 +2479,9 @@ def strip_controls(text: str) -> str:
 
 
 def sanitize(text: str) -> str:
-    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and
-    invisible format characters (category Cf: bidi marks, zero-width ones,
-    TAG characters; the Hangul fillers), so a log line cannot drive a
-    terminal, forge a message's layout or hide text in it."""
+    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible format characters (category Cf:
+    bidi marks, zero-width ones, TAG characters; the Hangul fillers), so a log line cannot drive a terminal, forge a
+    message's layout or hide text in it."""
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
     text = strip_controls(text).replace("\t", " ")
@@ -2567,16 +2492,14 @@ def char_weight(ch: str) -> int:
     cp = ord(ch)
     for lo, hi in TWEET_WEIGHT1_RANGES:
         if lo <= cp <= hi:
-            # emoji-like symbols in the light ranges (e.g. (c), (R)) count 2
-            # for X's emoji parser: count them 2 so we never under-count.
+            # emoji-like symbols in the light ranges (e.g. (c), (R)) are 2 for X's emoji parser: never under-count
             return 2 if unicodedata.category(ch) == "So" else 1
     return 2
 
 
 def tweet_weight(text: str) -> int:
-    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2,
-    a link 23), or more: an emoji sequence counts per code point, and each
-    possible link adds its margin."""
+    """X's weighted length (twitter-text v3: NFC, code points weigh 1 or 2, a link 23), or more: an emoji sequence
+    counts per code point, and each possible link adds its margin."""
     text = unicodedata.normalize("NFC", text)
     weight = len(text) if text.isascii() else sum(char_weight(c) for c in text)
     return weight + len(LINKABLE_DOT_RE.findall(text)) * TWEET_LINK_MARGIN
@@ -2601,8 +2524,7 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
         return [text]
     text = text.strip()
     for digits in range(1, 6):
-        marker_room = weigh(" (%s/%s)" % ("9" * digits, "9" * digits))
-        parts = _greedy_split(text, limit - marker_room, weigh)
+        parts = _greedy_split(text, limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), weigh)
         if len(str(len(parts))) <= digits:
             return ["%s (%d/%d)" % (p, i, len(parts)) for i, p in enumerate(parts, 1)]
     raise ValueError("message too long to split")
@@ -2653,8 +2575,7 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
             break
         text, used = candidate, used + 1
     if used == 0 and held:                      # always carry at least one line
-        first = split_message(held[0], limit - weigh(head) - 1, weigh)[0]
-        text, used = head + "\n" + first, 1
+        text, used = head + "\n" + split_message(held[0], limit - weigh(head) - 1, weigh)[0], 1
     return text, used
 
 
@@ -2663,9 +2584,8 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
 
 
 def classify(resp: XResponse) -> str:
-    """ok, rate (wait for the reset), auth (credentials) and credit (the
-    account's balance or access: both hold every message, never one's
-    fault), permanent (this message will never go), retry (back off)."""
+    """ok, rate (wait for the reset), auth (credentials) and credit (the account's balance or access: both hold every
+    message, never one's fault), permanent (this message will never go), retry (back off)."""
     status = resp.status
     if status in (200, 201, 401, 429):
         return {401: "auth", 429: "rate"}.get(status, "ok")
@@ -2677,9 +2597,8 @@ def classify(resp: XResponse) -> str:
 
 
 def rate_limit_until(headers: Dict[str, str], now: float, limited: bool) -> Optional[float]:
-    """When X says a window is used up, the epoch time it reopens.  The
-    24-hour headers win when their remaining count is 0.  After a 429
-    without usable headers, wait a minute."""
+    """When X says a window is used up, the epoch time it reopens.  The 24-hour headers win when their remaining count
+    is 0.  After a 429 without usable headers, wait a minute."""
     def num(name: str) -> Optional[float]:
         try:
             return float(headers[name])
@@ -2706,11 +2625,9 @@ def backoff_delay(attempt: int, rng: random.Random, base: float = BACKOFF_BASE, 
 
 def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequence[float],
                      spend: Sequence[Sequence[float]], now: float, price: float) -> Tuple[int, float]:
-    """How many more messages of `kind` the local budget allows now, and
-    when the next one frees up if none.  Sends stamped in the future (the
-    clock went back) count as sent now."""
-    allowed = 1 << 30
-    free_at = now
+    """How many more messages of `kind` the local budget allows now, and when the next one frees up if none.  Sends
+    stamped in the future (the clock went back) count as sent now."""
+    allowed, free_at = 1 << 30, now
     for window, key in ((WINDOW_15M, kind + "_per_15m"), (WINDOW_DAY, kind + "_per_day")):
         limit = budget.get(key)
         if limit is None:
@@ -2718,14 +2635,12 @@ def budget_allowance(budget: Dict[str, Optional[float]], kind: str, sent: Sequen
         recent = sorted(min(t, now) for t in sent if t > now - window)
         left = int(limit) - len(recent)
         if left <= 0:
-            idx = len(recent) - int(limit)
-            free_at = max(free_at, (recent[idx] if recent else now) + window)
+            free_at = max(free_at, (recent[len(recent) - int(limit)] if recent else now) + window)
         allowed = min(allowed, left)
     cap = budget.get("usd_per_day")
     if cap is not None:
         recent_spend = sorted((min(t, now), u) for t, u in spend if t > now - WINDOW_DAY)
-        spent = sum(u for _, u in recent_spend)
-        left = int((cap - spent + 1e-9) // price) if price > 0 else allowed
+        left = int((cap - sum(u for _, u in recent_spend) + 1e-9) // price) if price > 0 else allowed
         if left <= 0:
             free_at = max(free_at, (recent_spend[0][0] if recent_spend else now) + WINDOW_DAY)
         allowed = min(allowed, left)
@@ -2769,17 +2684,14 @@ def describe_recipient(to: str, users: Dict[str, Any]) -> str:
 
 
 class Deliverer:
-    """Drains the outbox in order, within X's limits and the local budget.
-    step() does at most one send and says how long to wait before the next
-    call, so tests drive it with a fake clock."""
+    """Drains the outbox in order, within X's limits and the local budget.  step() does at most one send and says how
+    long to wait before the next call, so tests drive it with a fake clock."""
 
-    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any],
-                 state_lock: threading.RLock, budget: Dict[str, Optional[float]],
-                 clock: Callable[[], float] = time.time, rng: Optional[random.Random] = None,
-                 monotonic: Callable[[], float] = time.monotonic,
+    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
+                 budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
+                 rng: Optional[random.Random] = None, monotonic: Callable[[], float] = time.monotonic,
                  on_change: Callable[[], None] = lambda: None) -> None:
-        self.outbox, self.client, self.state, self.lock = outbox, client, state, state_lock
-        self.budget = budget
+        self.outbox, self.client, self.state, self.lock, self.budget = outbox, client, state, state_lock, budget
         self.on_change = on_change      # the state changed: it reaches the disk within a second
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
@@ -2797,9 +2709,8 @@ class Deliverer:
 
     # -- helpers ---------------------------------------------------------
     def _blocked_for(self, kind: str, now: float) -> float:
-        """Seconds `kind` must still wait for X's reset.  The deadline is
-        kept on the monotonic clock, so a wall clock that jumps does not
-        stretch or cut it; the state file keeps the wall time for restarts."""
+        """Seconds `kind` must still wait for X's reset.  The deadline is kept on the monotonic clock, so a wall clock
+        that jumps does not stretch or cut it; the state file keeps the wall time for restarts."""
         mono = self.monotonic()
         if kind not in self.block_mono:
             until = float(self.state["blocked_until"].get(kind, 0.0))
@@ -2911,9 +2822,8 @@ class Deliverer:
                 allowed, free_at = budget_allowance(self.budget, kind, sent, self.state["spend"], now, price)
             if allowed <= 0:
                 if self.held_logged.get(kind) != free_at:
-                    LOG.warning("budget: holding %d %s alert(s) until %s; the first message then "
-                                "summarizes them", self.outbox.count(kind), kind,
-                                time.strftime("%H:%M:%S", time.localtime(free_at)))
+                    LOG.warning("budget: holding %d %s alert(s) until %s; the first message then summarizes them",
+                                self.outbox.count(kind), kind, time.strftime("%H:%M:%S", time.localtime(free_at)))
                     self.held_logged[kind] = free_at
                 self.summarize_next.add(kind)
                 waits.append(max(free_at - now, 1.0))
@@ -2932,8 +2842,7 @@ class Deliverer:
             return
         with self.outbox.lock:                      # counts that come in during the send stay
             lost = dict(self.outbox.lost.get("%s %s" % (kind, entry["to"])) or {})
-        # the last message a window allows, or the first after holding, is a
-        # digest when more wait than the window allows
+        # the last message a window allows, or the first after holding, is a digest when more wait than it allows
         digest = (allowed == 1 or kind in self.summarize_next) and not entry.get("parts")
         self.summarize_next.discard(kind)
         same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
@@ -2942,17 +2851,14 @@ class Deliverer:
                 sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
             batch, parts = [], entry_parts(dict(entry, text=note))[:allowed]
         elif self.outbox.count(kind) > allowed and len(same) > 1:
-            lines = [e["text"] for e in same]
+            defang_urls = kind == "tweet" and entry.get("defang", True)
+            lines = [defang(e["text"]) if defang_urls else e["text"] for e in same]
+            text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16 if kind == "tweet" else None)
             if kind == "tweet":
-                lines = [defang(t) if entry.get("defang", True) else t for t in lines]
-                text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16)
                 text = "%s [#%d]" % (text, int(entry.get("seq", 0)))
-            else:
-                text, used = digest_text(kind, lines, same[0]["t"])
-            batch = same[:used]
+            batch, parts = same[:used], [text]
             LOG.warning("budget: sending a digest of %d held %s alert(s) (%d carried in full)",
                         len(same), kind, len(batch))
-            parts = [text]
         else:
             batch, parts = [entry], entry_parts(entry)
         start = int(entry.get("parts", 0)) if len(batch) == 1 else 0
@@ -3022,10 +2928,9 @@ class Credentials:
 
 
 def read_secret(path: str, check_mode: bool = True) -> str:
-    """One secret.  Checked (outside systemd's credentials): a regular file
-    in its directory (a symlink may point only inside it), owned by root or
-    us, that nobody else can read or change; the checks are of the file
-    that was opened (fstat), so it cannot be swapped in between."""
+    """One secret.  Checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
+    inside it), owned by root or us, that nobody else can read or change; the checks are of the file that was opened
+    (fstat), so it cannot be swapped in between."""
     real = os.path.realpath(path)
     try:
         if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
@@ -3170,10 +3075,9 @@ def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]
 
 
 def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
-    """urllib with verification always on (--ca-file adds to the system's
-    CAs), no redirects (a 3xx would carry the signed request elsewhere and
-    its 200 would count as delivered), and no proxy for a loopback base
-    (an http proxy would see the Authorization header)."""
+    """urllib with verification always on (--ca-file adds to the system's CAs), no redirects (a 3xx would carry the
+    signed request elsewhere and its 200 would count as delivered), and no proxy for a loopback base (an http proxy
+    would see the Authorization header)."""
     import ssl
     import urllib.request
 
@@ -3197,11 +3101,10 @@ class XClient:
     """Signs and sends one request at a time; never retries by itself."""
 
     def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
-                 opener: Optional[Callable[[Any, float], Any]] = None,
-                 clock: Callable[[], float] = time.time, nonce: Callable[[], str] = new_nonce,
-                 timeout: float = HTTP_TIMEOUT, ca_file: Optional[str] = None) -> None:
-        self.creds = creds
-        self.api_base = check_api_base(api_base)
+                 opener: Optional[Callable[[Any, float], Any]] = None, clock: Callable[[], float] = time.time,
+                 nonce: Callable[[], str] = new_nonce, timeout: float = HTTP_TIMEOUT,
+                 ca_file: Optional[str] = None) -> None:
+        self.creds, self.api_base = creds, check_api_base(api_base)
         self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
         self.clock, self.nonce, self.timeout = clock, nonce, timeout
 
@@ -3242,8 +3145,7 @@ class XClient:
         finally:
             with contextlib.suppress(Exception):
                 resp.close()
-        hdrs = {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}
-        return XResponse(int(status), hdrs, body)
+        return XResponse(int(status), {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}, body)
 
     # -- endpoints -------------------------------------------------------
     def send_dm(self, recipient_id: str, text: str) -> XResponse:
@@ -3268,17 +3170,14 @@ class XClient:
 
 
 # ==== Actions ================================================================
-# Programs run as argv lists: never through a shell.  Children run while
-# matching goes on; at most max_children at once, the rest wait in a
-# bounded queue; each is reaped, and killed after its timeout.
+# Programs run as argv lists: never through a shell.  Children run while matching goes on; at most max_children at once,
+# the rest wait in a bounded queue; each is reaped, and killed after its timeout.
 
 
-def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match],
-               raw: bool = False) -> List[str]:
-    """Expand each argument on its own: a log line stays one argument,
-    without control characters and escape sequences unless raw (tab is
-    kept), and an argument whose '-' does not come from the config ('$1',
-    "''$1", '""$1': issue 10) gets a leading space: never an option."""
+def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match], raw: bool = False) -> List[str]:
+    """Expand each argument on its own: a log line stays one argument, without control characters and escape sequences
+    unless raw (tab is kept), and an argument whose '-' does not come from the config ('$1', "''$1", '""$1': issue 10)
+    gets a leading space: never an option."""
     argv = []
     for i, t in enumerate(templates):
         value = t.expand(line, match, str if raw else strip_controls).replace("\0", "")
@@ -3556,9 +3455,8 @@ def ensure_dir(path: str) -> None:
 
 
 def daemonize() -> int:
-    """Detach (double fork, setsid).  The launcher waits until the daemon
-    reports 'ok' (pid file written) or an error, and exits with it.
-    Returns the write end of that report pipe, in the daemon."""
+    """Detach (double fork, setsid).  The launcher waits until the daemon reports 'ok' (pid file written) or an error,
+    and exits with it.  Returns the write end of that report pipe, in the daemon."""
     r, w = os.pipe()
     if os.fork() > 0:
         os.close(w)
@@ -3961,8 +3859,7 @@ UNSUPPORTED_FLAGS = types.MappingProxyType({
                     "custom Perl action modules are not supported"),
     **dict.fromkeys(("--old-style-config", "-O"), "rewrite the config in swatch 3 syntax (watchfor /re/ + actions)"),
     "--dump-script": "there is no generated script; --check shows what the config does",
-    "--input-record-separator": "lines end at newlines",
-})
+    "--input-record-separator": "lines end at newlines"})
 IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
                  "-r", "--debug", "--noawk-field-syntax")
 
@@ -4025,27 +3922,24 @@ def default_script_dir(env: Dict[str, str]) -> str:
     return os.path.join(base, "birdsentinel")
 
 
-def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False,
-                  started: bool = False) -> bool:
-    """Until the watcher has started, everything goes to stderr, so start-up
-    errors reach the terminal or init script.  Then: --log-file, or for a
-    daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when
-    logging to syslog, whose lines may come back in a watched file."""
+def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False, started: bool = False) -> bool:
+    """Until the watcher has started, everything goes to stderr, so start-up errors reach the terminal or init script.
+    Then: --log-file, or for a daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when logging to syslog,
+    whose lines may come back in a watched file."""
     LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
     LOG.propagate = False
     for h in list(LOG.handlers):
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
-    syslog = False
+    syslog = started and daemon and not opts.log_file and os.path.exists("/dev/log")
     log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
     if started and (opts.log_file or daemon):
         import logging.handlers as loghandlers      # local name: 'logging' stays the module
     try:
-        if started and daemon and not opts.log_file and os.path.exists("/dev/log"):
+        if syslog:
             handler = loghandlers.SysLogHandler(address="/dev/log", facility=loghandlers.SysLogHandler.LOG_DAEMON)
             handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
-            syslog = True
         elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
             if not opts.log_file:
                 os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
@@ -4140,8 +4034,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     resp = client.access_token(form["oauth_token"], form.get("oauth_token_secret", ""), pin)
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
-        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again",
-                  resp.status, resp.detail())
+        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
         return EX_FAIL
     ref = os.stat(os.path.join(opts.twitter_dir, "consumer-key"))
     mode = 0o640 if stat.S_IMODE(ref.st_mode) == 0o640 else 0o600
@@ -4261,8 +4154,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
 
 def dm_recipients(config: Config) -> List[str]:
     """Every `dm` recipient of the config ('' is the account itself)."""
-    return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm"
-                   for r in (a.recipients or ("",))})
+    return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm" for r in (a.recipients or ("",))})
 
 
 def check_recipient(client: XClient, to: str, sender: str) -> str:
@@ -4278,11 +4170,9 @@ def check_recipient(client: XClient, to: str, sender: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
          out: Any = None, inp: Any = None) -> int:
-    """Run the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     env = dict(os.environ) if env is None else env
-    out = out or sys.stdout
-    inp = inp or sys.stdin
+    out, inp = out or sys.stdout, inp or sys.stdin
     try:
         opts = parse_args(argv)
         if opts.help or opts.version:
