@@ -1041,8 +1041,7 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
 
 
 def check_variables(rule: Rule) -> None:
-    """$N and ${name} must name a group of the rule's pattern: swatch
-    silently puts an empty string there."""
+    """$N and ${name} must name a group of the rule's pattern: swatch silently puts an empty string there."""
     positives = [t.regex for t in rule.pattern.terms if not t.negated]
     groups = max((rx.groups for rx in positives), default=0)
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
@@ -1465,9 +1464,8 @@ def field_text(value: Any) -> str:
 
 
 def entry_line(fields: Dict[str, str]) -> str:
-    """A journal entry as rules written for /var/log/messages expect it:
-    'Mmm dd HH:MM:SS HOST IDENT[PID]: MESSAGE', on one line (a newline of
-    MESSAGE becomes a visible mark: it never starts a line of its own)."""
+    """A journal entry as rules written for /var/log/messages expect it: 'Mmm dd HH:MM:SS HOST IDENT[PID]: MESSAGE', on
+    one line (a newline of MESSAGE becomes a visible mark: it never starts a line of its own)."""
     t = time.localtime(int(fields.get("__REALTIME_TIMESTAMP") or 0) / 1e6)
     pid = fields.get("SYSLOG_PID") or fields.get("_PID")
     message = re.sub(r"\r?\n", " \u23ce ", fields.get("MESSAGE", "").rstrip("\r\n"))
@@ -1528,12 +1526,10 @@ def journal_problem(directory: Optional[str]) -> str:
 
 
 class JournalSource(StreamSource):
-    """The systemd journal, through journalctl's JSON (run as argv): one
-    entry is one line of text plus its fields.  Its position is the
-    cursor of the last entry read, committed like a file offset; a
-    journalctl that exits is started again from it, with back-off.
-    --journal-match is applied here, not by journalctl: systemd 252 can
-    skip the first match after a cursor (systemd#30336)."""
+    """The systemd journal, through journalctl's JSON (run as argv): one entry is one line of text plus its fields.  Its
+    position is the cursor of the last entry read, committed like a file offset; a journalctl that exits is started
+    again from it, with back-off. --journal-match is applied here, not by journalctl: systemd 252 can skip the first
+    match after a cursor (systemd#30336)."""
 
     def __init__(self, directory: Optional[str], matches: Sequence[str],
                  on_entry: Callable[[str, Dict[str, str], Optional[str]], None],
@@ -1628,11 +1624,9 @@ class JournalSource(StreamSource):
 
 
 class OmprogSource(StreamSource):
-    """--omprog: rsyslog's omprog writes one message a line on our stdin
-    and, with confirmMessages="on", waits for a line on our stdout: "OK"
-    once the message is handled and durable (after the commit), anything
-    else to keep it and send it again later (the outbox is full, or the
-    state cannot be written).  EOF: rsyslog stopped."""
+    """--omprog: rsyslog's omprog writes one message a line on our stdin and, with confirmMessages="on", waits for a
+    line on our stdout: "OK" once the message is handled and durable (after the commit), anything else to keep it and
+    send it again later (the outbox is full, or the state cannot be written).  EOF: rsyslog stopped."""
 
     def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
                  room: Callable[[], bool]) -> None:
@@ -1945,9 +1939,8 @@ class Sentinel:
                     del tables[ident]
 
     def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
-        """The rule's counters of `kind`, swept; None when `key` is new and
-        the table is full: new keys go untracked, and the rule's actions
-        say so once an hour (an attacker can make us louder, not quieter)."""
+        """The rule's counters of `kind`, swept; None when `key` is new and the table is full: new keys go untracked,
+        and the rule's actions say so once an hour (an attacker can make us louder, not quieter)."""
         tables = self.state[kind]
         table = tables.get(rule.ident)
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
@@ -2964,8 +2957,7 @@ def read_secret(path: str, check_mode: bool = True) -> str:
 
 
 def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
-    """systemd's $CREDENTIALS_DIRECTORY wins when it holds the files.
-    Returns (directory, whether modes are checked)."""
+    """systemd's $CREDENTIALS_DIRECTORY wins when it holds the files. Returns (directory, whether modes are checked)."""
     cred = env.get("CREDENTIALS_DIRECTORY")
     if cred and os.path.exists(os.path.join(cred, "consumer-key")):
         return cred, False                       # systemd made them private to us
@@ -3567,11 +3559,9 @@ class App:
             os.write(self.wake_w, b"s")
 
     def save_state(self, sources: Sequence[Any], force: bool = False) -> bool:
-        """The commit point: the outbox's new entries reach the disk, then
-        the positions after their lines (offsets, journal cursor) with the
-        highest id they cover, in one atomic write; only then may the sender
-        take them (issue 9: a kill in between re-read and re-sent them).
-        False when what was read is not durable yet."""
+        """The commit point: the outbox's new entries reach the disk, then the positions after their lines (offsets,
+        journal cursor) with the highest id they cover, in one atomic write; only then may the sender take them (issue
+        9: a kill in between re-read and re-sent them). False when what was read is not durable yet."""
         if self.store is None:
             return True
         now = time.monotonic()
@@ -3754,9 +3744,8 @@ class App:
             return [FileTailer(p, on_text, self.state["files"].get(p)) for p in default_files(opts)]
 
     def run_sources(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
-        """The one loop: poll every source (a bounded read each), commit,
-        then wait for inotify, a signal or a pipe.  --once, --examine and
-        --read-pipe are the same loop with an end."""
+        """The one loop: poll every source (a bounded read each), commit, then wait for inotify, a signal or a pipe.
+        --once, --examine and --read-pipe are the same loop with an end."""
         opts = self.opts
 
         def on_text(text: str) -> None:
