@@ -3498,9 +3498,6 @@ class App:
         self.oneoff = bool(opts.examine or opts.read_pipe)      # read once: no position, counters of its own
 
     # -- setting up ------------------------------------------------------
-    def load_config(self) -> Config:
-        return parse_config(self.config_path)
-
     def wants_x(self, config: Config) -> bool:
         return any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
 
@@ -3619,7 +3616,7 @@ class App:
     def reload(self, sentinel: Sentinel, runner: ActionRunner) -> None:
         self.hup = False
         try:
-            config = self.load_config()
+            config = parse_config(self.config_path)
         except BirdError as exc:
             LOG.error("keeping the running configuration: %s", exc)
             return
@@ -3641,7 +3638,7 @@ class App:
     # -- running ---------------------------------------------------------
     def run(self) -> int:
         opts = self.opts
-        config = self.load_config()                 # errors reach the terminal first
+        config = parse_config(self.config_path)     # errors reach the terminal first
         x_needed = self.wants_x(config) and not opts.dry_run
         persistent = not (opts.examine or opts.read_pipe or opts.dry_run)
         report_fd = None
@@ -3760,11 +3757,9 @@ class App:
 
         def on_gap(text: str) -> None:
             """Our own alert (journal entries lost while stopped): once to each X destination."""
-            seen = set()
-            for a in [a for r in sentinel.rules for a in r.actions if a.kind in ("dm", "tweet")]:
-                if (a.kind, a.recipients) not in seen:
-                    seen.add((a.kind, a.recipients))
-                    runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
+            to_x = {(a.kind, a.recipients): a for r in sentinel.rules for a in r.actions if a.kind in ("dm", "tweet")}
+            for a in to_x.values():
+                runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
 
         sources = self.open_sources(on_text, on_entry, on_gap)
         files = [s for s in sources if isinstance(s, FileTailer)]

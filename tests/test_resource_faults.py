@@ -280,7 +280,7 @@ class Rig:
     def open(self):
         opts = bs.parse_args(["-t", self.log, "-c", self.conf, "--script-dir", self.sdir])
         self.app = bs.App(opts, {}, self.out)
-        config = self.app.load_config()
+        config = bs.parse_config(self.app.config_path)
         self.app.open_state(True, self.app.wants_x(config))
         self.runner = bs.ActionRunner(self.out, outbox=self.app.outbox, state=self.app.state,
                                       state_lock=self.app.state_lock, hostname="h")
