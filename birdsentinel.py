@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
 """birdsentinel -- real-time log alerts over Twitter/X direct messages.
 
-A swatch-compatible log watcher in one file, Python 3.9+ standard library
-only.  It follows log files, matches swatch-style rules, throttles, runs
-actions without a shell, and delivers alerts as X direct messages or posts
-through the X API v2, signing OAuth 1.0a requests itself.
+A swatch-compatible log watcher in one file, Python 3.9+ standard library only.  It follows
+log files, the systemd journal or rsyslog, matches swatch-style rules, throttles, runs actions
+without a shell, and delivers alerts as X direct messages or posts (X API v2, OAuth 1.0a).
 
 Command line usage:
-    birdsentinel.py [-c CONFIG] [-t FILE]... [options]
+    birdsentinel.py [-c CONFIG] [-t FILE... | --journal | --omprog] [options]
     birdsentinel.py -c CONFIG --examine FILE [--dry-run]
     birdsentinel.py --authorize [--twitter-dir DIR]
     birdsentinel.py --send "MESSAGE" [--to @user|ID] [--tweet]
@@ -31,25 +30,22 @@ Input (swatch's flags):
   --script-dir DIR         where state, outbox and dead-letter files live
                            (default ~/.local/state/birdsentinel)
 Our own:
-  --once                   process what was appended since the last run,
-                           wait for the actions, save, exit
+  --once                   read what is new since the last run, act, save, exit
   --state-file FILE        state file (default SCRIPTDIR/birdsentinel.state)
-  --dry-run                print what each action would do; run nothing,
-                           send nothing, connect to nothing, write no state
-  --check [--online]       check config, layout and credentials; --online
-                           also asks X who the token belongs to and whether
-                           each dm recipient can receive its DMs
+  --dry-run                print what each action would do; run, send, connect
+                           to and write nothing
+  --check [--online]       check config, layout and credentials; --online: ask
+                           X whose token it is and if each dm recipient can
+                           receive its DMs
   --log-file FILE          log here instead of stderr/syslog
   -v, --verbose            more log detail (repeat for debug)
   --version, -h/--help
 X (Twitter):
-  --twitter-dir DIR        credential files consumer-key, consumer-secret,
-                           access-token, access-token-secret (default
-                           /etc/sevagas/monitor/twitter; systemd's
-                           $CREDENTIALS_DIRECTORY is used when set)
-  --api-base URL           X API base (default https://api.x.com; also
-                           $BIRDSENTINEL_API_BASE); plain http only for
-                           loopback addresses
+  --twitter-dir DIR        files consumer-key, consumer-secret, access-token,
+                           access-token-secret (default /etc/sevagas/monitor/
+                           twitter; else systemd's $CREDENTIALS_DIRECTORY)
+  --api-base URL           X API base (default https://api.x.com, or
+                           $BIRDSENTINEL_API_BASE); http only for loopback
   --ca-file FILE           CA bundle trusted in addition to the system's
   --authorize              PIN flow: get and store an access token
   --send MESSAGE           send one message and exit 0 only on success
@@ -63,14 +59,13 @@ Config grammar (swatch 3):
   ignore /REGEX/           drop matching lines for the rules below it
   echo [MODES]             print the line (MODES: normal, bold, red, ...)
   bell [N]                 ring the terminal bell N times
-  exec CMD ARGS            run a program; the command is split once like a
-                           shell would, then $_ $0 (the line), $1..$9 and
-                           ${name} (groups; journal fields like ${_HOSTNAME})
-                           are put INSIDE single arguments.
-                           No shell ever runs: to use one, pass the line as
-                           an argument: exec sh -c 'logger "$1"' sh $_
-                           Control characters and escape sequences of the
-                           line are removed (tab kept); ",raw=1" keeps them.
+  exec CMD ARGS            run a program: the command is split once like a
+                           shell would, then $_ $0 (the line), $1..$9, ${name}
+                           (groups; journal fields: ${_HOSTNAME}) go INSIDE
+                           single arguments.  No shell ever runs; for one:
+                           exec sh -c 'logger "$1"' sh $_
+                           The line's control characters and escapes are
+                           removed (tab kept); ",raw=1" keeps them.
   pipe CMD[,keep_open=1]   write the line to CMD's standard input (a kept
                            one that reads nothing for 5 s is restarted)
   mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
@@ -91,8 +86,8 @@ Config grammar (swatch 3):
   Perl code (perlcode, Perl variables, custom actions) is refused at load.
 
 Files (in the script dir; none has "swatch" in its name):
-  birdsentinel.state       offsets, file identities, throttle/threshold
-                           counters, resolved user ids, budget use (JSON)
+  birdsentinel.state       offsets, journal cursor, counters, user ids, budget
+                           use (JSON)
   birdsentinel.state.lock  held while running: one instance per state file
   birdsentinel.outbox      messages not yet accepted by X (JSON lines)
   birdsentinel.dead        messages X refused for good, with X's reason
@@ -103,10 +98,9 @@ Signals:
                            running) and retry delivery now
 
 Exit status:
-  0 success; 1 an action failed (--once, --send); 64 usage error;
-  66 input missing; 70 internal error; 73 cannot create a file;
-  75 temporary failure (another instance running, X unreachable);
-  78 configuration or credential error.
+  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input missing;
+  70 internal error; 73 cannot create a file; 75 temporary failure (another instance
+  running, X unreachable); 78 configuration or credential error.
 """
 
 from __future__ import annotations
@@ -1487,10 +1481,6 @@ def journal_gap(saved: str, first: str) -> str:
     except ValueError:
         return ""
     return "birdsentinel: %d journal entries were vacuumed while birdsentinel was stopped" % lost if lost > 0 else ""
-
-
-class JournalAccessError(BirdError):
-    exit_code = EX_CONFIG
 
 
 def journal_key(directory: Optional[str]) -> str:
@@ -3714,7 +3704,7 @@ class App:
         if journal_wanted(opts):
             problem = journal_problem(opts.journal_dir)
             if problem:
-                raise JournalAccessError(problem)
+                raise NoInputError(problem)
             if not opts.journal:
                 LOG.info("neither /var/log/messages nor /var/log/syslog exists: reading the systemd journal")
             with self.state_lock:
