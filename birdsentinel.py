@@ -378,33 +378,30 @@ class Template:
 
     @staticmethod
     def parse(text: str) -> "Template":
-        return Template(tuple(Template._parts(text)))
+        return Template.from_segments(((text, False),))
 
     @staticmethod
     def from_segments(segments: Sequence[Tuple[str, bool]]) -> "Template":
         """A word from split_words: single-quoted segments stay literal."""
         parts: List[Tuple[bool, str]] = []
         for text, literal in segments:
-            parts += [(False, text)] if literal else Template._parts(text)
+            if literal:
+                parts.append((False, text))
+                continue
+            pos = 0
+            for m in TEMPLATE_VAR_RE.finditer(text):
+                if (m.start() > 0 and text[m.start() - 1] == "\\") or m.group(3) is not None:   # \$x or $word: not ours
+                    continue
+                if m.start() > pos:
+                    parts.append((False, text[pos:m.start()]))
+                parts.append((True, m.group(1) or m.group(2)))
+                pos = m.end()
+            if pos < len(text):
+                parts.append((False, text[pos:]))
         return Template(tuple(parts))
 
     def variables(self) -> List[str]:
         return [name for is_var, name in self.parts if is_var]
-
-    @staticmethod
-    def _parts(text: str) -> List[Tuple[bool, str]]:
-        parts: List[Tuple[bool, str]] = []
-        pos = 0
-        for m in TEMPLATE_VAR_RE.finditer(text):
-            if (m.start() > 0 and text[m.start() - 1] == "\\") or m.group(3) is not None:   # \$x, or $word: not ours
-                continue
-            if m.start() > pos:
-                parts.append((False, text[pos:m.start()]))
-            parts.append((True, m.group(1) or m.group(2)))
-            pos = m.end()
-        if pos < len(text):
-            parts.append((False, text[pos:]))
-        return parts
 
     def head(self) -> str:
         """The literal text before the first variable."""
