@@ -1928,11 +1928,10 @@ class Sentinel:
         self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
                       for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
+        idents = {r.ident for r in config.rules}
         with self.lock:                             # counters of rules that are gone go too
-            for kind in ("thresholds", "throttles"):
-                tables = self.state[kind]
-                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in
-                              {r.ident for r in config.rules}]:
+            for tables in (self.state["thresholds"], self.state["throttles"]):
+                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
                     del tables[ident]
 
     def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
@@ -2024,7 +2023,6 @@ class Sentinel:
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
         now = self.clock()
-        suffix = ""
         with self.lock:
             if rule.threshold is not None:
                 key = bounded_key(rule.threshold.track_by.expand(line, m))
@@ -2034,15 +2032,14 @@ class Sentinel:
                 fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
                 if not fire:
                     return False, ""
-            if rule.throttle is not None:
-                key = bounded_key(throttle_key(rule.throttle, line, m))
-                table = self.table("throttles", rule, key, now)
-                if table is None:
-                    return False, ""
-                fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-                if not fire:
-                    return False, ""
-        return True, suffix
+            if rule.throttle is None:
+                return True, ""
+            key = bounded_key(throttle_key(rule.throttle, line, m))
+            table = self.table("throttles", rule, key, now)
+            if table is None:
+                return False, ""
+            fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
+            return fire, suffix
 
 
 # ==== State and outbox =======================================================
