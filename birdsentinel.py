@@ -154,8 +154,7 @@ LOG = logging.getLogger("birdsentinel")
 # Messages, Delivery, X API client, Actions, Runtime, Command line.
 
 # ==== Constants ==============================================================
-# Read-only: tables are MappingProxyType, sequences tuples.  The only module
-# global that changes is the standard logging registry behind LOG.
+# Read-only: tables are MappingProxyType, sequences tuples; the only global that changes is the logging registry of LOG.
 
 DEFAULT_TWITTER_DIR = "/etc/sevagas/monitor/twitter"
 DEFAULT_API_BASE = "https://api.x.com"
@@ -292,9 +291,8 @@ def base_string_uri(url: str) -> str:
 
 def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
                        form_body: Optional[str] = None) -> List[Tuple[str, str]]:
-    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and
-    realm) and a form-encoded body.  A JSON body is NOT a parameter source: the caller passes form_body only
-    for application/x-www-form-urlencoded requests."""
+    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and realm) and
+    a form-encoded body.  A JSON body is NOT a parameter source: pass form_body only for x-www-form-urlencoded ones."""
     params = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
     params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
     if form_body:
@@ -330,8 +328,7 @@ def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
 def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
                  token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
                  extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
-    """Sign one request (HMAC-SHA1) and return its Authorization header.
-    extra_oauth carries oauth_callback or oauth_verifier (section 2)."""
+    """The Authorization header of one request (HMAC-SHA1); extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
     if token:
@@ -371,8 +368,7 @@ FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 
 @dataclass(frozen=True)
 class Template:
-    """A text with $_ $0 $* (the line), $1..$9 and ${name} (groups) in it.
-    Parsed once at load; expand() never re-parses what it inserts."""
+    """Text with $_ $0 $* (the line), $1..$9, ${name} (groups), parsed once: inserted values are never parsed again."""
 
     parts: Tuple[Tuple[bool, str], ...]   # (is_variable, literal or name)
 
@@ -446,8 +442,7 @@ class Pattern:
     source: str
 
     def match(self, line: str, fields: Optional[Dict[str, str]] = None) -> Optional[re.Match]:
-        """The match object of the first positive term when the whole
-        expression is true (its groups feed $1..$9), else None."""
+        """The first positive term's match when the whole expression is true (its groups feed $1..$9), else None."""
         first: Optional[re.Match] = None
         if self.any_of:
             for t in self.terms:
@@ -468,8 +463,7 @@ NEGATED_MATCH = re.compile("")
 
 
 class EntryMatch:
-    """A match on a journal entry: the pattern's groups, then the entry's
-    fields for ${FIELD} (a missing one is empty)."""
+    """A match on a journal entry: the pattern's groups, then the entry's fields for ${FIELD} (a missing one: empty)."""
 
     def __init__(self, m: re.Match, fields: Dict[str, str]) -> None:
         self.m, self.fields = m, fields
@@ -553,8 +547,7 @@ class Config:
 
 
 def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
-    """Config lines with CRLF, comments, blank lines and trailing-backslash
-    continuations handled; yields (first line number, text)."""
+    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first line number, text)."""
     pending: List[str] = []
     start = 0
     for n, raw in enumerate(text.split("\n"), 1):     # not splitlines(): \f or U+2028 end no line
@@ -698,8 +691,7 @@ def unquote_value(v: str) -> str:
 
 
 def find_shell_syntax(command: str) -> Optional[str]:
-    """The first piece of shell syntax a shell would act on, else None.
-    Single quotes hide everything; double quotes hide all but ` and $(."""
+    """The first shell syntax a shell would act on, or None.  Single quotes hide all; double quotes all but ` and $(."""
     quote = ""
     i, n = 0, len(command)
     while i < n:
@@ -1294,8 +1286,7 @@ class FileTailer:
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
-        """Read what h's file has beyond h.pos, at most MAX_POLL_READ (then
-        self.more): the loop saves and looks at signals in between."""
+        """Read h's file past h.pos, at most MAX_POLL_READ (then self.more): the loop saves, checks signals, goes on."""
         total = 0
         while True:
             if total >= MAX_POLL_READ:
@@ -1413,8 +1404,7 @@ class FileTailer:
 
 
 class StreamSource:
-    """--examine FILE or --read-pipe CMD, read once to its end with the
-    poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
+    """--examine FILE or --read-pipe CMD, read once to its end: a file MAX_POLL_READ a poll, a pipe what it has."""
 
     def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
                  proc: Optional[subprocess.Popen] = None, max_line: int = MAX_LINE) -> None:
@@ -1654,8 +1644,7 @@ class OmprogSource(StreamSource):
 
 
 class Inotify:
-    """inotify(7) through libc, so a new line wakes us at once while an
-    idle watcher costs no CPU.  Raises OSError where it is unavailable."""
+    """inotify(7) through libc: a new line wakes us at once; an idle watcher costs no CPU.  OSError if unavailable."""
 
     IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
     IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -1690,10 +1679,9 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a block of lines is searched once per rule for a
-# literal that any match of that rule must contain (str.find runs at memory speed; the literals come from the regex's
-# parse tree, inside groups too), or, for rules without one, with one combined regex; only the lines found are matched
-# against the rules, in order.
+# Most lines match no rule.  Rather than run every rule on every line, a block is searched once per rule for a literal
+# every match of the rule contains (str.find runs at memory speed; the literals come from the regex's parse tree, inside
+# groups too), or, for rules without one, with one combined regex; only the lines found go to the rules, in order.
 
 def required_literals(src: str, min_len: int = 3) -> List[str]:
     """Literals of which every match of the regex `src` contains at least one, read from its parse tree, or [] when none
@@ -1802,8 +1790,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
         hay = text
         if ci:
             if lowered is None:
-                # casefold() maps every character that re.IGNORECASE takes
-                # for an ASCII letter (K, long s, dotted I) to that letter
+                # casefold() maps each character re.IGNORECASE takes for an ASCII letter (K, long s, dotted I) to it
                 lowered = text.casefold().replace("\u0131", "i")     # and dotless i, which casefold keeps
                 if len(lowered) != len(text):      # lengths changed: no shortcut
                     return None
@@ -1831,8 +1818,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
 
 
 def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
-    """(literals one of which every match contains, casefolded when the
-    term ignores case; that flag), or None when it has none we can use."""
+    """(literals one of which every match contains, casefolded if the term ignores case; that flag), or None if none."""
     ci = bool(t.regex.flags & re.IGNORECASE)
     lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
     if not lits or (ci and not all(x.isascii() for x in lits)):
@@ -1840,9 +1826,8 @@ def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
     return tuple(x.casefold() if ci else x for x in lits), ci
 
 # -- thresholds ------------------------------------------------------------
-# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] with integer seconds
-# of processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the length
-# of the jump.
+# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] in integer seconds of
+# processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the jump.
 
 
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
@@ -1923,8 +1908,7 @@ class Sentinel:
         self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
-        # per rule: one case-sensitive literal its line must contain, or the
-        # general check (several literals, or casefolded), or neither
+        # per rule: one case-sensitive literal its line must contain, or the general check (several, or casefolded)
         self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
                       for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
@@ -1969,16 +1953,14 @@ class Sentinel:
         self.runner.flush()
 
     def is_own_line(self, line: str) -> bool:
-        """Our own syslog line, by its header's tag: a user name in a log
-        line can hold 'birdsentinel[PID]:' too (issue 10)."""
+        """Our own syslog line, by its header's tag: a user name can hold 'birdsentinel[PID]:' too (issue 10)."""
         if self.self_tag is None or self.self_tag not in line:
             return False
         m = SYSLOG_TAG_RE.match(line)
         return m is not None and m.group(2) == self.self_tag
 
     def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
-        """One line of a source that knows more than its text: the journal's
-        fields, the host it came from (journal, omprog)."""
+        """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
         self.runner.origin = sanitize(origin)[:64] if origin else None
         self.process_line(line, fields)
