@@ -1219,29 +1219,24 @@ class FileTailer:
         fd, st = opened
         self.started = True
         saved, self.saved = self.saved, None
-        if saved is None:
-            self.cur = self._handle(fd, st, st.st_size if self.start_at_end else 0)
-            return
-        if saved.get("ino") is None:              # it was gone when we stopped: all new
+        pos = st.st_size if saved is None and self.start_at_end else 0
+        if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
-            self.cur = self._handle(fd, st, 0)
-            return
-        same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
-        fp_saved = str(saved.get("fp", ""))
-        fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
-        offset = int(saved.get("offset", 0))
-        if same_inode and fp_now == fp_saved:
-            if st.st_size < offset:
-                LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
-                            "truncated or tampered with; reading from the start", self.path, st.st_size, offset)
-                offset = 0
-            self.cur = self._handle(fd, st, offset)
-            return
-        why = "copied and truncated" if same_inode else "rotated"
-        LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
-                    "the new one from the start", self.path, why)
-        self._finish_rotated_sibling(saved)
-        self.cur = self._handle(fd, st, 0)
+        elif saved is not None:
+            same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+            fp_saved = str(saved.get("fp", ""))
+            fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+            if same_inode and fp_now == fp_saved:
+                pos = int(saved.get("offset", 0))
+                if st.st_size < pos:
+                    LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
+                                "truncated or tampered with; reading from the start", self.path, st.st_size, pos)
+                    pos = 0
+            else:
+                LOG.warning("%s was %s while we were stopped; finishing the old file, then reading the new one from "
+                            "the start", self.path, "copied and truncated" if same_inode else "rotated")
+                self._finish_rotated_sibling(saved)
+        self.cur = self._handle(fd, st, pos)
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
@@ -1288,10 +1283,7 @@ class FileTailer:
     def _drain(self, h: Handle) -> int:
         """Read h's file past h.pos, at most MAX_POLL_READ (then self.more): the loop saves, checks signals, goes on."""
         total = 0
-        while True:
-            if total >= MAX_POLL_READ:
-                self.more = True
-                break
+        while total < MAX_POLL_READ:
             try:
                 chunk = os.pread(h.fd, READ_BLOCK, h.pos)
             except OSError as exc:
@@ -1307,6 +1299,8 @@ class FileTailer:
                 self.on_text(text)
             if len(chunk) < READ_BLOCK:
                 break
+        else:
+            self.more = True
         if total:
             h.last_growth = self.clock()
             if fp_length(h.fp) < FINGERPRINT_LEN:
