@@ -566,12 +566,6 @@ def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
         yield start, " ".join(p.strip() for p in pending).strip()
 
 
-def split_keyword(line: str) -> Tuple[str, str]:
-    """'key value', 'key=value' and 'key = value' all give (key, value)."""
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)
-    return (m.group(1).lower(), m.group(2).strip()) if m else ("", line)
-
-
 def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
     """Translate the Perl regex dialect swatch users write into Python's."""
     for m in PERL_VAR_RE.finditer(src):
@@ -809,15 +803,6 @@ def parse_when(value: str, path: str, lineno: int) -> When:
     return When(rng(m.group(1), 6), rng(m.group(2), 23))
 
 
-def parse_duration(text: str, path: str, lineno: int) -> float:
-    """throttle delays: [D:][H:]M:S, right-aligned like swatch."""
-    if not re.match(r"^\d{1,9}(:\d{1,9}){0,3}$", text.strip()):
-        raise ConfigError(path, lineno, "bad throttle delay %r" % text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
-    nums = [int(x) for x in text.strip().split(":")]
-    nums = [0] * (4 - len(nums)) + nums
-    return float(((nums[0] * 24 + nums[1]) * 60 + nums[2]) * 60 + nums[3])
-
-
 def parse_int(text: str, what: str, path: str, lineno: int, minimum: int = 0) -> int:
     try:
         v = int(text)
@@ -920,8 +905,13 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
     delay_text = opts.get("delay") or (bare[0] if bare else "")
     if not delay_text:
         raise ConfigError(path, lineno, "throttle needs a delay", "e.g. throttle 15:00")
+    if not re.match(r"^\d{1,9}(:\d{1,9}){0,3}$", delay_text.strip()):     # [D:][H:]M:S, right-aligned like swatch
+        raise ConfigError(path, lineno, "bad throttle delay %r" % delay_text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
+    nums = [int(x) for x in delay_text.strip().split(":")]
+    days, hours, minutes, seconds = [0] * (4 - len(nums)) + nums
     key = opts.get("key")
-    return Throttle(parse_duration(delay_text, path, lineno), None if key in (None, "log") else Template.parse(key),
+    return Throttle(float(((days * 24 + hours) * 60 + minutes) * 60 + seconds),
+                    None if key in (None, "log") else Template.parse(key),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
@@ -967,12 +957,13 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
     files = [path]
     current: Optional[Rule] = None
     for lineno, line in read_logical_lines(path, text):
-        key, value = split_keyword(line)
-        if not key:
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)   # key value, key=value
+        if not m:
             hint = "rules start with watchfor /regex/"
             if line.startswith("/"):
                 hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
             raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
+        key, value = m.group(1).lower(), m.group(2).strip()
         if key in ("perlcode", "perlocde"):
             raise ConfigError(path, lineno, "perlcode is Perl, which birdsentinel does not run",
                               "remove it and write its values into the patterns and actions")
@@ -1034,9 +1025,8 @@ def check_variables(rule: Rule) -> None:
     positives = [t.regex for t in rule.pattern.terms if not t.negated]
     groups = max((rx.groups for rx in positives), default=0)
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
-    templates: List[Tuple[int, Template]] = []
-    for a in rule.actions:
-        templates += [(a.lineno, t) for t in (*a.argv, a.message, a.subject) if t is not None]
+    templates: List[Tuple[int, Template]] = [(a.lineno, t) for a in rule.actions
+                                             for t in (*a.argv, a.message, a.subject) if t is not None]
     if rule.threshold is not None:
         templates.append((rule.lineno, rule.threshold.track_by))
     if rule.throttle is not None and rule.throttle.key is not None:
