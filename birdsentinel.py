@@ -148,8 +148,7 @@ LOG = logging.getLogger("birdsentinel")
 # Messages, Delivery, X API client, Actions, Runtime, Command line.
 
 # ==== Constants ==============================================================
-# Read-only: tables are MappingProxyType, sequences tuples.  The only module
-# global that changes is the standard logging registry behind LOG.
+# Read-only: tables are MappingProxyType, sequences tuples; the only global that changes is the logging registry of LOG.
 
 DEFAULT_TWITTER_DIR = "/etc/sevagas/monitor/twitter"
 DEFAULT_API_BASE = "https://api.x.com"
@@ -286,9 +285,8 @@ def base_string_uri(url: str) -> str:
 
 def request_parameters(url: str, oauth_params: Sequence[Tuple[str, str]],
                        form_body: Optional[str] = None) -> List[Tuple[str, str]]:
-    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and
-    realm) and a form-encoded body.  A JSON body is NOT a parameter source: the caller passes form_body only
-    for application/x-www-form-urlencoded requests."""
+    """RFC 5849 section 3.4.1.3.1: the query, the oauth_* protocol parameters (without oauth_signature and realm) and
+    a form-encoded body.  A JSON body is NOT a parameter source: pass form_body only for x-www-form-urlencoded ones."""
     params = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
     params += [(k, v) for k, v in oauth_params if k not in ("oauth_signature", "realm")]
     if form_body:
@@ -324,8 +322,7 @@ def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
 def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
                  token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
                  extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
-    """Sign one request (HMAC-SHA1) and return its Authorization header.
-    extra_oauth carries oauth_callback or oauth_verifier (section 2)."""
+    """The Authorization header of one request (HMAC-SHA1); extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
     if token:
@@ -365,40 +362,36 @@ FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 
 @dataclass(frozen=True)
 class Template:
-    """A text with $_ $0 $* (the line), $1..$9 and ${name} (groups) in it.
-    Parsed once at load; expand() never re-parses what it inserts."""
+    """Text with $_ $0 $* (the line), $1..$9, ${name} (groups), parsed once: inserted values are never parsed again."""
 
     parts: Tuple[Tuple[bool, str], ...]   # (is_variable, literal or name)
 
     @staticmethod
     def parse(text: str) -> "Template":
-        return Template(tuple(Template._parts(text)))
+        return Template.from_segments(((text, False),))
 
     @staticmethod
     def from_segments(segments: Sequence[Tuple[str, bool]]) -> "Template":
         """A word from split_words: single-quoted segments stay literal."""
         parts: List[Tuple[bool, str]] = []
         for text, literal in segments:
-            parts += [(False, text)] if literal else Template._parts(text)
+            if literal:
+                parts.append((False, text))
+                continue
+            pos = 0
+            for m in TEMPLATE_VAR_RE.finditer(text):
+                if (m.start() > 0 and text[m.start() - 1] == "\\") or m.group(3) is not None:   # \$x or $word: not ours
+                    continue
+                if m.start() > pos:
+                    parts.append((False, text[pos:m.start()]))
+                parts.append((True, m.group(1) or m.group(2)))
+                pos = m.end()
+            if pos < len(text):
+                parts.append((False, text[pos:]))
         return Template(tuple(parts))
 
     def variables(self) -> List[str]:
         return [name for is_var, name in self.parts if is_var]
-
-    @staticmethod
-    def _parts(text: str) -> List[Tuple[bool, str]]:
-        parts: List[Tuple[bool, str]] = []
-        pos = 0
-        for m in TEMPLATE_VAR_RE.finditer(text):
-            if (m.start() > 0 and text[m.start() - 1] == "\\") or m.group(3) is not None:   # \$x, or $word: not ours
-                continue
-            if m.start() > pos:
-                parts.append((False, text[pos:m.start()]))
-            parts.append((True, m.group(1) or m.group(2)))
-            pos = m.end()
-        if pos < len(text):
-            parts.append((False, text[pos:]))
-        return parts
 
     def head(self) -> str:
         """The literal text before the first variable."""
@@ -443,8 +436,7 @@ class Pattern:
     source: str
 
     def match(self, line: str, fields: Optional[Dict[str, str]] = None) -> Optional[re.Match]:
-        """The match object of the first positive term when the whole
-        expression is true (its groups feed $1..$9), else None."""
+        """The first positive term's match when the whole expression is true (its groups feed $1..$9), else None."""
         first: Optional[re.Match] = None
         if self.any_of:
             for t in self.terms:
@@ -465,8 +457,7 @@ NEGATED_MATCH = re.compile("")
 
 
 class EntryMatch:
-    """A match on a journal entry: the pattern's groups, then the entry's
-    fields for ${FIELD} (a missing one is empty)."""
+    """A match on a journal entry: the pattern's groups, then the entry's fields for ${FIELD} (a missing one: empty)."""
 
     def __init__(self, m: re.Match, fields: Dict[str, str]) -> None:
         self.m, self.fields = m, fields
@@ -550,8 +541,7 @@ class Config:
 
 
 def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
-    """Config lines with CRLF, comments, blank lines and trailing-backslash
-    continuations handled; yields (first line number, text)."""
+    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first line number, text)."""
     pending: List[str] = []
     start = 0
     for n, raw in enumerate(text.split("\n"), 1):     # not splitlines(): \f or U+2028 end no line
@@ -568,12 +558,6 @@ def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
         pending = []
     if pending:
         yield start, " ".join(p.strip() for p in pending).strip()
-
-
-def split_keyword(line: str) -> Tuple[str, str]:
-    """'key value', 'key=value' and 'key = value' all give (key, value)."""
-    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)
-    return (m.group(1).lower(), m.group(2).strip()) if m else ("", line)
 
 
 def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
@@ -695,8 +679,7 @@ def unquote_value(v: str) -> str:
 
 
 def find_shell_syntax(command: str) -> Optional[str]:
-    """The first piece of shell syntax a shell would act on, else None.
-    Single quotes hide everything; double quotes hide all but ` and $(."""
+    """The first shell syntax a shell would act on, or None.  Single quotes hide all; double quotes all but ` and $(."""
     quote = ""
     i, n = 0, len(command)
     while i < n:
@@ -814,15 +797,6 @@ def parse_when(value: str, path: str, lineno: int) -> When:
     return When(rng(m.group(1), 6), rng(m.group(2), 23))
 
 
-def parse_duration(text: str, path: str, lineno: int) -> float:
-    """throttle delays: [D:][H:]M:S, right-aligned like swatch."""
-    if not re.match(r"^\d{1,9}(:\d{1,9}){0,3}$", text.strip()):
-        raise ConfigError(path, lineno, "bad throttle delay %r" % text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
-    nums = [int(x) for x in text.strip().split(":")]
-    nums = [0] * (4 - len(nums)) + nums
-    return float(((nums[0] * 24 + nums[1]) * 60 + nums[2]) * 60 + nums[3])
-
-
 def parse_int(text: str, what: str, path: str, lineno: int, minimum: int = 0) -> int:
     try:
         v = int(text)
@@ -925,8 +899,13 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
     delay_text = opts.get("delay") or (bare[0] if bare else "")
     if not delay_text:
         raise ConfigError(path, lineno, "throttle needs a delay", "e.g. throttle 15:00")
+    if not re.match(r"^\d{1,9}(:\d{1,9}){0,3}$", delay_text.strip()):     # [D:][H:]M:S, right-aligned like swatch
+        raise ConfigError(path, lineno, "bad throttle delay %r" % delay_text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
+    nums = [int(x) for x in delay_text.strip().split(":")]
+    days, hours, minutes, seconds = [0] * (4 - len(nums)) + nums
     key = opts.get("key")
-    return Throttle(parse_duration(delay_text, path, lineno), None if key in (None, "log") else Template.parse(key),
+    return Throttle(float(((days * 24 + hours) * 60 + minutes) * 60 + seconds),
+                    None if key in (None, "log") else Template.parse(key),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
@@ -972,12 +951,13 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
     files = [path]
     current: Optional[Rule] = None
     for lineno, line in read_logical_lines(path, text):
-        key, value = split_keyword(line)
-        if not key:
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)   # key value, key=value
+        if not m:
             hint = "rules start with watchfor /regex/"
             if line.startswith("/"):
                 hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
             raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
+        key, value = m.group(1).lower(), m.group(2).strip()
         if key in ("perlcode", "perlocde"):
             raise ConfigError(path, lineno, "perlcode is Perl, which birdsentinel does not run",
                               "remove it and write its values into the patterns and actions")
@@ -1039,9 +1019,8 @@ def check_variables(rule: Rule) -> None:
     positives = [t.regex for t in rule.pattern.terms if not t.negated]
     groups = max((rx.groups for rx in positives), default=0)
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
-    templates: List[Tuple[int, Template]] = []
-    for a in rule.actions:
-        templates += [(a.lineno, t) for t in (*a.argv, a.message, a.subject) if t is not None]
+    templates: List[Tuple[int, Template]] = [(a.lineno, t) for a in rule.actions
+                                             for t in (*a.argv, a.message, a.subject) if t is not None]
     if rule.threshold is not None:
         templates.append((rule.lineno, rule.threshold.track_by))
     if rule.throttle is not None and rule.throttle.key is not None:
@@ -1224,29 +1203,24 @@ class FileTailer:
         fd, st = opened
         self.started = True
         saved, self.saved = self.saved, None
-        if saved is None:
-            self.cur = self._handle(fd, st, st.st_size if self.start_at_end else 0)
-            return
-        if saved.get("ino") is None:              # it was gone when we stopped: all new
+        pos = st.st_size if saved is None and self.start_at_end else 0
+        if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
-            self.cur = self._handle(fd, st, 0)
-            return
-        same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
-        fp_saved = str(saved.get("fp", ""))
-        fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
-        offset = int(saved.get("offset", 0))
-        if same_inode and fp_now == fp_saved:
-            if st.st_size < offset:
-                LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
-                            "truncated or tampered with; reading from the start", self.path, st.st_size, offset)
-                offset = 0
-            self.cur = self._handle(fd, st, offset)
-            return
-        why = "copied and truncated" if same_inode else "rotated"
-        LOG.warning("%s was %s while we were stopped; finishing the old file, then reading "
-                    "the new one from the start", self.path, why)
-        self._finish_rotated_sibling(saved)
-        self.cur = self._handle(fd, st, 0)
+        elif saved is not None:
+            same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+            fp_saved = str(saved.get("fp", ""))
+            fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+            if same_inode and fp_now == fp_saved:
+                pos = int(saved.get("offset", 0))
+                if st.st_size < pos:
+                    LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
+                                "truncated or tampered with; reading from the start", self.path, st.st_size, pos)
+                    pos = 0
+            else:
+                LOG.warning("%s was %s while we were stopped; finishing the old file, then reading the new one from "
+                            "the start", self.path, "copied and truncated" if same_inode else "rotated")
+                self._finish_rotated_sibling(saved)
+        self.cur = self._handle(fd, st, pos)
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
@@ -1291,13 +1265,9 @@ class FileTailer:
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle) -> int:
-        """Read what h's file has beyond h.pos, at most MAX_POLL_READ (then
-        self.more): the loop saves and looks at signals in between."""
+        """Read h's file past h.pos, at most MAX_POLL_READ (then self.more): the loop saves, checks signals, goes on."""
         total = 0
-        while True:
-            if total >= MAX_POLL_READ:
-                self.more = True
-                break
+        while total < MAX_POLL_READ:
             try:
                 chunk = os.pread(h.fd, READ_BLOCK, h.pos)
             except OSError as exc:
@@ -1313,6 +1283,8 @@ class FileTailer:
                 self.on_text(text)
             if len(chunk) < READ_BLOCK:
                 break
+        else:
+            self.more = True
         if total:
             h.last_growth = self.clock()
             if fp_length(h.fp) < FINGERPRINT_LEN:
@@ -1410,8 +1382,7 @@ class FileTailer:
 
 
 class StreamSource:
-    """--examine FILE or --read-pipe CMD, read once to its end with the
-    poll() of a FileTailer: a file MAX_POLL_READ a poll, a pipe what it has."""
+    """--examine FILE or --read-pipe CMD, read once to its end: a file MAX_POLL_READ a poll, a pipe what it has."""
 
     def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
                  proc: Optional[subprocess.Popen] = None, max_line: int = MAX_LINE) -> None:
@@ -1647,8 +1618,7 @@ class OmprogSource(StreamSource):
 
 
 class Inotify:
-    """inotify(7) through libc, so a new line wakes us at once while an
-    idle watcher costs no CPU.  Raises OSError where it is unavailable."""
+    """inotify(7) through libc: a new line wakes us at once; an idle watcher costs no CPU.  OSError if unavailable."""
 
     IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
     IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
@@ -1683,10 +1653,9 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a block of lines is searched once per rule for a
-# literal that any match of that rule must contain (str.find runs at memory speed; the literals come from the regex's
-# parse tree, inside groups too), or, for rules without one, with one combined regex; only the lines found are matched
-# against the rules, in order.
+# Most lines match no rule.  Rather than run every rule on every line, a block is searched once per rule for a literal
+# every match of the rule contains (str.find runs at memory speed; the literals come from the regex's parse tree, inside
+# groups too), or, for rules without one, with one combined regex; only the lines found go to the rules, in order.
 
 def required_literals(src: str, min_len: int = 3) -> List[str]:
     """Literals of which every match of the regex `src` contains at least one, read from its parse tree, or [] when none
@@ -1795,8 +1764,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
         hay = text
         if ci:
             if lowered is None:
-                # casefold() maps every character that re.IGNORECASE takes
-                # for an ASCII letter (K, long s, dotted I) to that letter
+                # casefold() maps each character re.IGNORECASE takes for an ASCII letter (K, long s, dotted I) to it
                 lowered = text.casefold().replace("\u0131", "i")     # and dotless i, which casefold keeps
                 if len(lowered) != len(text):      # lengths changed: no shortcut
                     return None
@@ -1824,8 +1792,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
 
 
 def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
-    """(literals one of which every match contains, casefolded when the
-    term ignores case; that flag), or None when it has none we can use."""
+    """(literals one of which every match contains, casefolded if the term ignores case; that flag), or None if none."""
     ci = bool(t.regex.flags & re.IGNORECASE)
     lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
     if not lits or (ci and not all(x.isascii() for x in lits)):
@@ -1833,9 +1800,8 @@ def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
     return tuple(x.casefold() if ci else x for x in lits), ci
 
 # -- thresholds ------------------------------------------------------------
-# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] with integer seconds
-# of processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the length
-# of the jump.
+# swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] in integer seconds of
+# processing time.  A clock that went backwards (now < first) ends the window instead of freezing it for the jump.
 
 
 def threshold_fires(bucket: Optional[List[int]], now: int, th: Threshold) -> Tuple[bool, List[int]]:
@@ -1916,16 +1882,14 @@ class Sentinel:
         self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
-        # per rule: one case-sensitive literal its line must contain, or the
-        # general check (several literals, or casefolded), or neither
+        # per rule: one case-sensitive literal its line must contain, or the general check (several, or casefolded)
         self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
                       for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
+        idents = {r.ident for r in config.rules}
         with self.lock:                             # counters of rules that are gone go too
-            for kind in ("thresholds", "throttles"):
-                tables = self.state[kind]
-                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in
-                              {r.ident for r in config.rules}]:
+            for tables in (self.state["thresholds"], self.state["throttles"]):
+                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
                     del tables[ident]
 
     def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
@@ -1963,16 +1927,14 @@ class Sentinel:
         self.runner.flush()
 
     def is_own_line(self, line: str) -> bool:
-        """Our own syslog line, by its header's tag: a user name in a log
-        line can hold 'birdsentinel[PID]:' too (issue 10)."""
+        """Our own syslog line, by its header's tag: a user name can hold 'birdsentinel[PID]:' too (issue 10)."""
         if self.self_tag is None or self.self_tag not in line:
             return False
         m = SYSLOG_TAG_RE.match(line)
         return m is not None and m.group(2) == self.self_tag
 
     def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
-        """One line of a source that knows more than its text: the journal's
-        fields, the host it came from (journal, omprog)."""
+        """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
         self.runner.origin = sanitize(origin)[:64] if origin else None
         self.process_line(line, fields)
@@ -2017,7 +1979,6 @@ class Sentinel:
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
         now = self.clock()
-        suffix = ""
         with self.lock:
             if rule.threshold is not None:
                 key = bounded_key(rule.threshold.track_by.expand(line, m))
@@ -2027,15 +1988,14 @@ class Sentinel:
                 fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
                 if not fire:
                     return False, ""
-            if rule.throttle is not None:
-                key = bounded_key(throttle_key(rule.throttle, line, m))
-                table = self.table("throttles", rule, key, now)
-                if table is None:
-                    return False, ""
-                fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-                if not fire:
-                    return False, ""
-        return True, suffix
+            if rule.throttle is None:
+                return True, ""
+            key = bounded_key(throttle_key(rule.throttle, line, m))
+            table = self.table("throttles", rule, key, now)
+            if table is None:
+                return False, ""
+            fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
+            return fire, suffix
 
 
 # ==== State and outbox =======================================================
