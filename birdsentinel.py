@@ -199,14 +199,9 @@ HANDLE_RE = re.compile(r"^@?[A-Za-z0-9_]{1,15}$")
 ACCOUNT_403_RE = re.compile(r"(?i)credit|payment|billing|spend|access to a subset|attached to a project"
                             r"|client-not-enrolled")
 
-EX_OK = 0
-EX_FAIL = 1
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_CANTCREAT = 73
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+EX_FAIL = 1                   # the rest are sysexits(3): 0, 64, 66, 70, 73, 75, 78
+EX_OK, EX_USAGE, EX_NOINPUT, EX_SOFTWARE = os.EX_OK, os.EX_USAGE, os.EX_NOINPUT, os.EX_SOFTWARE
+EX_CANTCREAT, EX_TEMPFAIL, EX_CONFIG = os.EX_CANTCREAT, os.EX_TEMPFAIL, os.EX_CONFIG
 
 ECHO_MODES = types.MappingProxyType({
     "normal": "0", "bold": "1", "underline": "4", "underscore": "4", "blink": "5", "inverse": "7", "reverse": "7",
@@ -3592,9 +3587,7 @@ class App:
         x_needed = self.wants_x(config) and not opts.dry_run
         persistent = not (opts.examine or opts.read_pipe or opts.dry_run)
         report_fd = None
-        if opts.daemon:
-            ensure_dir(self.script_dir)
-        self.open_state(persistent, x_needed, config)
+        self.open_state(persistent, x_needed, config)       # a daemon is persistent: its script dir is made
         if opts.daemon:
             report_fd = daemonize()
             if self.lock_fd is not None:           # the lock names the daemon, not the launcher
