@@ -4040,9 +4040,15 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
-def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional[Config]) -> List[str]:
-    """What an admin must fix before the daemon can work, one line each:
-    the classic layout's directories, owners and modes, and the logs."""
+def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
+              opener: Optional[Callable[..., Any]] = None) -> int:
+    """The config, then what an admin must fix before the daemon can work, one line each: the classic layout's
+    directories, owners and modes, the logs, the credentials; --online: the account and each DM recipient."""
+    config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
+    config = parse_config(config_path)
+    watch = sum(1 for r in config.rules if r.kind == "watchfor")
+    out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
+              % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
     problems: List[str] = []
     script_dir = opts.script_dir or default_script_dir(env)
     if not os.path.isdir(script_dir):
@@ -4059,20 +4065,24 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
     if opts.pid_file and not os.access(os.path.dirname(os.path.abspath(opts.pid_file)), os.W_OK):
         problems.append("pid file %s cannot be written by %s: use a directory the daemon user owns"
                         % (opts.pid_file, current_user()))
-    for path in (config.files if config is not None else ()):
+    for path in config.files:
         mode = os.stat(path).st_mode                # whoever can edit the rules can make exec run anything
         if mode & (stat.S_IWOTH | stat.S_IWGRP):
             problems.append("config file %s is writable by %s (mode %04o): chmod 0644 %s (exec rules run "
                             "programs)" % (path, "everyone" if mode & stat.S_IWOTH else "its group",
                                            stat.S_IMODE(mode), path))
-    for path in opts.tail_file or []:
-        if not os.path.exists(path):
-            problems.append("log file %s does not exist (it will be waited for)" % path)
-        elif not os.access(path, os.R_OK):
-            problems.append("log file %s is not readable by %s: add the user to the group that owns it "
-                            "(usually adm)" % (path, current_user()))
-    wants_x = config is not None and any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
-    if wants_x or opts.online:
+    journal = journal_wanted(opts)
+    if journal:
+        out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
+    elif not (opts.examine or opts.read_pipe or opts.omprog):
+        out.write("source: %s\n" % ", ".join(default_files(opts)))
+        for path in default_files(opts):            # -t's files, else the default one
+            if not os.path.exists(path):
+                problems.append("log file %s does not exist (it will be waited for)" % path)
+            elif not os.access(path, os.R_OK):
+                problems.append("log file %s is not readable by %s: add the user to the group that owns it "
+                                "(usually adm)" % (path, current_user()))
+    if opts.online or any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions):
         directory, checked = credential_dir(opts.twitter_dir, env)
         if not os.path.isdir(directory):
             problems.append("credential dir %s does not exist: mkdir -m 0750 %s; chgrp monitor %s"
@@ -4087,25 +4097,8 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
                     read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-    return problems
-
-
-def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-              opener: Optional[Callable[..., Any]] = None) -> int:
-    config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
-    config = parse_config(config_path)
-    watch = sum(1 for r in config.rules if r.kind == "watchfor")
-    out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
-              % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
-    problems = check_layout(opts, env, config)
-    journal = journal_wanted(opts)
-    if journal:
-        problems += [journal_problem(opts.journal_dir)] if journal_problem(opts.journal_dir) else []
-        out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
-    elif not (opts.examine or opts.read_pipe or opts.omprog):
-        out.write("source: %s\n" % ", ".join(default_files(opts)))
-        problems += ["log file %s is not readable by %s: add the user to the group that owns it (usually adm)"
-                     % (p, current_user()) for p in default_files(opts) if not opts.tail_file and not os.access(p, os.R_OK)]
+    if journal and journal_problem(opts.journal_dir):
+        problems.append(journal_problem(opts.journal_dir))
     for r in config.rules if not journal else ():
         if any(t.field for t in r.pattern.terms):
             out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
@@ -4129,8 +4122,13 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
             out.write("WARNING: this token cannot send direct messages (access level %s): set the app's "
                       "permissions to 'Read, write, and Direct Messages', then run --authorize again\n"
                       % sanitize(level))
-        for to in dm_recipients(config):
-            problem = check_recipient(client, to, sender)
+        for to in dm_recipients(config):            # can X deliver our DMs to each of them?
+            resp = client.user(to, fields="receives_your_dm")
+            user, problem = read_user(resp, to or sender)
+            if classify(resp) != "ok":
+                problem = "cannot look up %s: X answered %d: %s" % (to or sender, resp.status, resp.detail())
+            elif user is not None and to and user.get("receives_your_dm") is False:
+                problem = dm_hint(to, sender)
             if problem:
                 problems.append(problem)
                 out.write("FIX: %s\n" % problem)
@@ -4144,17 +4142,6 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
 def dm_recipients(config: Config) -> List[str]:
     """Every `dm` recipient of the config ('' is the account itself)."""
     return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm" for r in (a.recipients or ("",))})
-
-
-def check_recipient(client: XClient, to: str, sender: str) -> str:
-    """'' when X says `to` can receive the sender's DMs, else what to fix."""
-    resp = client.user(to, fields="receives_your_dm")
-    if classify(resp) != "ok":
-        return "cannot look up %s: X answered %d: %s" % (to or sender, resp.status, resp.detail())
-    user, why = read_user(resp, to or sender)
-    if user is None:
-        return why
-    return dm_hint(to, sender) if to and user.get("receives_your_dm") is False else ""
 
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
