@@ -2914,8 +2914,6 @@ class Credentials:
     def __repr__(self) -> str:
         return "Credentials(<4 values hidden>)"
 
-    __str__ = __repr__
-
     def values(self) -> Tuple[str, ...]:
         return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
 
@@ -3179,13 +3177,6 @@ def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Matc
     return argv
 
 
-@dataclass
-class Child:
-    proc: subprocess.Popen
-    what: str
-    started: float
-
-
 class ActionRunner:
     """Runs a rule's actions for one matched line."""
 
@@ -3199,7 +3190,7 @@ class ActionRunner:
         self.state = state if state is not None else new_state()
         self.state_lock = state_lock or threading.RLock()
         self.clock, self.monotonic = clock, monotonic
-        self.children: List[Child] = []
+        self.children: List[Tuple[subprocess.Popen, str, float]] = []     # (child, what it runs, monotonic start)
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
         self.waiting_bytes = self.failures = self.enqueued = 0
@@ -3329,7 +3320,7 @@ class ActionRunner:
             return
         if stdin is not None and proc.stdin is not None:
             threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
-        self.children.append(Child(proc, "%s %s" % (what, argv[0]), self.monotonic()))
+        self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
         self.failures += 1
@@ -3337,16 +3328,17 @@ class ActionRunner:
 
     def reap(self) -> None:
         now = self.monotonic()
-        for c in list(self.children):
-            rc = c.proc.poll()
-            if rc is None and now - c.started > CHILD_TIMEOUT:
-                c.proc.kill()
-                rc = c.proc.wait()
-                self.failed("%s ran longer than %.0f s: killed" % (c.what, CHILD_TIMEOUT))
+        for child in list(self.children):
+            proc, what, started = child
+            rc = proc.poll()
+            if rc is None and now - started > CHILD_TIMEOUT:
+                proc.kill()
+                rc = proc.wait()
+                self.failed("%s ran longer than %.0f s: killed" % (what, CHILD_TIMEOUT))
             elif rc is not None and rc != 0:
-                self.failed("%s exited with status %d" % (c.what, rc))
+                self.failed("%s exited with status %d" % (what, rc))
             if rc is not None:
-                self.children.remove(c)
+                self.children.remove(child)
         for key, pipe in list(self.pipes.items()):
             if pipe.full_since is not None and not pipe.lines.full():
                 pipe.full_since = None              # the reader caught up after a burst
