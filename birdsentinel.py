@@ -2666,14 +2666,13 @@ def dm_hint(to: str, sender: str) -> str:
             "people who wrote to them), and allow DMs in their settings" % (to, sender, to, sender))
 
 
-def describe_recipient(to: str, users: Dict[str, Any]) -> str:
-    """How dry runs and --check name a DM's recipient, without asking X."""
-    if not to:
-        return "the account itself"
-    if USER_ID_RE.match(to):
-        return "user id %s" % to
-    uid = users.get(to.lower())
-    return "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to
+def would_send(entry: Dict[str, Any], users: Dict[str, Any]) -> str:
+    """What a dry run prints for one outbox entry, part by part, naming a DM's recipient without asking X."""
+    to, uid = entry["to"], users.get(entry["to"].lower())
+    who = ("the account itself" if not to else "user id %s" % to if USER_ID_RE.match(to)
+           else "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to)
+    label = "would post" if entry["kind"] == "tweet" else "would dm " + who
+    return "".join("%s: %s\n" % (label, p) for p in entry_parts(entry))
 
 
 class Deliverer:
@@ -3284,9 +3283,8 @@ class ActionRunner:
         entry = {"kind": kind, "to": to, "text": text, **extra}
         if self.dry_run or self.outbox is None:
             with self.state_lock:
-                label = "would post" if kind == "tweet" else "would dm " + describe_recipient(to, self.state["users"])
-            for p in entry_parts(entry):
-                self.write_out("%s: %s\n" % (label, p))
+                printed = would_send(entry, self.state["users"])
+            self.write_out(printed)
             return
         self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
         self.enqueued += 1
@@ -3951,10 +3949,9 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     if kind == "dm" and to and not (USER_ID_RE.match(to) or HANDLE_RE.match(to)):
         raise Usage("--to takes @handle or a numeric user id, not %r" % to)
     to = "@" + to if to and not USER_ID_RE.match(to) and not to.startswith("@") else to
-    parts = entry_parts({"kind": kind, "to": to, "text": text, "seq": int(time.time()) % 100000})
+    entry = {"kind": kind, "to": to, "text": text, "seq": int(time.time()) % 100000}
     if opts.dry_run:
-        label = "would post" if kind == "tweet" else "would dm " + describe_recipient(to, {})
-        out.write("".join("%s: %s\n" % (label, p) for p in parts))
+        out.write(would_send(entry, {}))
         return EX_OK
     client = client_from(opts, env, opener=opener)
     to_id = to
@@ -3968,7 +3965,7 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
             LOG.error("%s", why)
             return EX_FAIL
         to_id = str(user["id"])
-    for part in parts:
+    for part in entry_parts(entry):
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
         if kind == "dm" and resp.status == 403:
             LOG.error("%s", dm_hint(to or "the account", "the sending account"))
