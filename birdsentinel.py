@@ -2644,21 +2644,16 @@ def message_price(kind: str, text: str) -> float:
     return PRICE_USD["tweet_url" if kind == "tweet" and has_url(text) else kind]
 
 
-def tweet_parts(text: str, seq: int, defang_urls: bool) -> List[str]:
-    """The posts for one alert: defanged, split at 280, and every part
-    unique (X refuses a post that repeats an earlier one): ' [#seq]'."""
-    text = defang(text) if defang_urls else text
+def entry_parts(entry: Dict[str, Any]) -> List[str]:
+    """What one outbox entry sends, part by part.  Posts are defanged, split at 280, and every part unique (X refuses
+    a post that repeats an earlier one): ' [#seq]'."""
+    if entry["kind"] != "tweet":
+        return message_parts("dm", entry["text"])
+    text = defang(entry["text"]) if entry.get("defang", True) else entry["text"]
     if len(text) > TWEET_MAX_TEXT:                  # a flood of posts helps nobody
         text = text[:TWEET_MAX_TEXT] + "\u2026[cut]"
-    tag = " [#%d]" % seq
+    tag = " [#%d]" % int(entry.get("seq", 0))
     return [p + tag for p in split_message(text, TWEET_MAX_WEIGHT - tweet_weight(tag), tweet_weight)]
-
-
-def entry_parts(entry: Dict[str, Any]) -> List[str]:
-    """What one outbox entry sends, part by part."""
-    if entry["kind"] == "tweet":
-        return tweet_parts(entry["text"], int(entry.get("seq", 0)), bool(entry.get("defang", True)))
-    return message_parts("dm", entry["text"])
 
 
 def dm_hint(to: str, sender: str) -> str:
