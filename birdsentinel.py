@@ -2124,16 +2124,11 @@ def check_dir_ours(directory: str) -> None:
 def remove_stale_temp_files(directory: str) -> None:
     """Our atomic writes' temp files that a crash left behind.  Called with
     the state lock held, so no write of ours is in progress."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(".birdsentinel-") and name.endswith(".tmp"):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                check_ours(os.lstat(path), path)
-                os.unlink(path)
+    import glob                                     # (it skips a directory it cannot list)
+    for path in glob.glob(os.path.join(glob.escape(directory), ".birdsentinel-*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            check_ours(os.lstat(path), path)
+            os.unlink(path)
 
 
 def new_state() -> Dict[str, Any]:
@@ -2523,9 +2518,8 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
     raise ValueError("message too long to split")
 
 
-def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str]:
+def _greedy_split(rest: str, room: int, weigh: Callable[[str], int]) -> List[str]:
     parts: List[str] = []
-    rest = text
     while rest:
         if weigh(rest) <= room:
             parts.append(rest.strip())
@@ -2533,14 +2527,9 @@ def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str
         lo, hi = 1, len(rest)                 # longest prefix that fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if weigh(rest[:mid]) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        cut = lo
-        space = rest.rfind(" ", 0, cut + 1)
-        if space > cut // 2:
-            cut = space
+            lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
+        space = rest.rfind(" ", 0, lo + 1)
+        cut = space if space > lo // 2 else lo
         parts.append(rest[:cut].strip())
         rest = rest[cut:].strip()
     return parts
@@ -3906,6 +3895,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
+    fmt = "birdsentinel[%(process)d]: %(levelname)s: %(message)s"
     syslog = started and daemon and not opts.log_file and os.path.exists("/dev/log")
     log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
     if started and (opts.log_file or daemon):
@@ -3913,18 +3903,16 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     try:
         if syslog:
             handler = loghandlers.SysLogHandler(address="/dev/log", facility=loghandlers.SysLogHandler.LOG_DAEMON)
-            handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
         elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
             if not opts.log_file:
                 os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
-            handler = loghandlers.WatchedFileHandler(log_file)
-            handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+            handler, fmt = loghandlers.WatchedFileHandler(log_file), "%(asctime)s " + fmt
         else:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+            handler, fmt = logging.StreamHandler(sys.stderr), "birdsentinel: %(levelname)s: %(message)s"
     except OSError as exc:
         LOG.addHandler(logging.StreamHandler(sys.stderr))
         raise StateError("cannot open log %s: %s" % (log_file or "/dev/log", exc.strerror)) from None
+    handler.setFormatter(logging.Formatter(fmt))
     LOG.addHandler(handler)
     return syslog
 
