@@ -2093,8 +2093,7 @@ def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
 
 
 def open_ours(path: str, flags: int, private: bool = True) -> int:
-    """os.open for the files of the script dir: never through a symlink,
-    never blocking on a FIFO, and only a file of ours (check_ours)."""
+    """os.open of a script dir file: never through a symlink, never blocking on a FIFO, only a file of ours."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -2122,8 +2121,7 @@ def check_dir_ours(directory: str) -> None:
 
 
 def remove_stale_temp_files(directory: str) -> None:
-    """Our atomic writes' temp files that a crash left behind.  Called with
-    the state lock held, so no write of ours is in progress."""
+    """Remove our atomic writes' temp files that a crash left; the state lock is held: no write of ours is running."""
     import glob                                     # (it skips a directory it cannot list)
     for path in glob.glob(os.path.join(glob.escape(directory), ".birdsentinel-*.tmp")):
         with contextlib.suppress(FileNotFoundError):
@@ -2144,16 +2142,14 @@ def valid_state(data: Any) -> bool:
 
 
 class StateStore:
-    """The versioned JSON state file.  A failed save keeps the old file and
-    is logged once per cause; the next save retries."""
+    """The versioned JSON state file: a failed save keeps the old file, is logged once per cause, and is retried."""
 
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
         self.path, self.writer = path, writer
         self.failing: Optional[str] = None
 
     def load(self) -> Tuple[Dict[str, Any], bool]:
-        """(state, found): a missing file gives a new state; a corrupt one is
-        reported, kept aside as FILE.corrupt, and gives a new state."""
+        """(state, found): a new state when the file is missing or corrupt (logged, and kept aside as FILE.corrupt)."""
         try:
             with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
                 raw = fh.read()
@@ -2212,9 +2208,8 @@ def acquire_lock(state_path: str) -> int:
 
 
 def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
-    """The outbox journal's pending messages in order (with "parts" sent of a split one), the highest id seen, and the
-    numbers (from 0) of the lines that are not whole records: writes a crash cut short.  A "lost" record is kept under
-    id 0: what the last one says was not kept."""
+    """The journal's pending messages in order (with "parts" sent of a split one), the highest id, the numbers (from 0)
+    of broken lines (writes a crash cut short), and under id 0 the last "lost" record: what was not kept."""
     entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
     last_id, unreadable = 0, []
     for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines):
@@ -2265,8 +2260,7 @@ class Outbox:
         self.retry_at = 0.0                             # monotonic: next rewrite after a failed write
 
     def load(self, committed: Optional[int] = None) -> None:
-        """Stream the journal in; drop what came after `committed` (those
-        lines are read again from the saved offsets), then rewrite it."""
+        """Stream the journal in, drop what came after `committed` (its lines are read again), and rewrite it."""
         with self.lock:
             try:
                 with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
@@ -2461,15 +2455,13 @@ TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
 
 
 def strip_controls(text: str) -> str:
-    """What a program gets of a log line: no escape sequence, no control
-    character but tab (OSC 52 would write the clipboard of a terminal)."""
+    """What programs get of a log line: no escape sequence or control but tab (OSC 52 writes a terminal's clipboard)."""
     return CONTROL_RE.sub("", ANSI_RE.sub("", text))
 
 
 def sanitize(text: str) -> str:
-    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible format characters (category Cf:
-    bidi marks, zero-width ones, TAG characters; the Hangul fillers), so a log line cannot drive a terminal, forge a
-    message's layout or hide text in it."""
+    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible ones (Cf: bidi, zero-width, TAG
+    characters; Hangul fillers), so a log line cannot drive a terminal, forge a layout or hide text."""
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
     text = strip_controls(text).replace("\t", " ")
@@ -2506,8 +2498,7 @@ def defang(text: str) -> str:
 
 
 def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[str]:
-    """Split text into parts of at most `limit` (as weighed), each ending in
-    ' (i/n)' when there is more than one, preferring to cut at spaces."""
+    """Parts of at most `limit` (as weighed), cut at spaces if possible, each ending in ' (i/n)' if there are more."""
     if weigh(text) <= limit:
         return [text]
     text = text.strip()
@@ -2790,8 +2781,7 @@ class Deliverer:
                 continue
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
-                # stamps in the future (the wall clock went back) become now, once,
-                # so they age out within their window instead of waiting for the clock
+                # stamps in the future (the wall clock went back) become now, once, so they age out within their window
                 sent = self.state["sent"][kind]
                 sent[:] = [min(t, now) for t in sent]
                 self.state["spend"] = [[min(t, now), u] for t, u in self.state["spend"]]
@@ -2881,8 +2871,7 @@ class Deliverer:
 
 
 # ==== X API client ===========================================================
-# OAuth 1.0a user context over urllib.  The opener, clock and nonce are
-# parameters, so tests drive it without a network or real time.
+# OAuth 1.0a user context over urllib; opener, clock and nonce are parameters: tests need no network or real time.
 
 
 class Credentials:
@@ -2902,9 +2891,8 @@ class Credentials:
 
 
 def read_secret(path: str, check_mode: bool = True) -> str:
-    """One secret.  Checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
-    inside it), owned by root or us, that nobody else can read or change; the checks are of the file that was opened
-    (fstat), so it cannot be swapped in between."""
+    """One secret, checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
+    inside it), owned by root or us, nobody else may read or change; checked once opened (fstat): no swap in between."""
     real = os.path.realpath(path)
     try:
         if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
@@ -2961,8 +2949,7 @@ def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = T
 
 
 def protect_process() -> None:
-    """Once the secrets are in memory: no core dump, no ptrace by the
-    same user (PR_SET_DUMPABLE 0 also closes /proc/PID/mem to them)."""
+    """With the secrets in memory: no core dump, no same-user ptrace (PR_SET_DUMPABLE 0 also closes /proc/PID/mem)."""
     import resource
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -3035,8 +3022,7 @@ class XResponse:
 
 
 def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]:
-    """The user object of a successful lookup, its id checked, or (None,
-    why).  A 200 can carry only errors[] (no such user): X's reason is kept."""
+    """A lookup's user object, its id checked, or (None, why): a 200 can carry only errors[] (no such user)."""
     data = resp.json()
     user = data.get("data") if isinstance(data, dict) else None
     if not isinstance(user, dict):
@@ -3048,9 +3034,8 @@ def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]
 
 
 def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
-    """urllib with verification always on (--ca-file adds to the system's CAs), no redirects (a 3xx would carry the
-    signed request elsewhere and its 200 would count as delivered), and no proxy for a loopback base (an http proxy
-    would see the Authorization header)."""
+    """urllib, always verifying (--ca-file adds to the system's CAs), no redirects (a 3xx would take the signed request
+    elsewhere and its 200 count as delivered), no proxy for a loopback base (it would see the Authorization header)."""
     import ssl
     import urllib.request
 
@@ -3148,9 +3133,8 @@ class XClient:
 
 
 def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match], raw: bool = False) -> List[str]:
-    """Expand each argument on its own: a log line stays one argument, without control characters and escape sequences
-    unless raw (tab is kept), and an argument whose '-' does not come from the config ('$1', "''$1", '""$1': issue 10)
-    gets a leading space: never an option."""
+    """Each argument expanded alone: a log line stays one argument, without controls or escapes unless raw (tab stays);
+    one whose '-' is not the config's ('$1', "''$1", '""$1': issue 10) gets a leading space: never an option."""
     argv = []
     for i, t in enumerate(templates):
         value = t.expand(line, match, str if raw else strip_controls).replace("\0", "")
@@ -3359,8 +3343,7 @@ class ActionRunner:
 
 
 class PipeWriter:
-    """A keep_open pipe's child, written by a thread of its own through a
-    bounded queue: a reader that stalls never blocks the watcher (issue 9)."""
+    """A keep_open child fed by its own thread through a bounded queue: a stalled reader never blocks us (issue 9)."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
@@ -3389,8 +3372,7 @@ class PipeWriter:
 
 
 def child_env(env: Any) -> Dict[str, str]:
-    """What a child sees: the locale, time zone and user, and a fixed PATH;
-    never $CREDENTIALS_DIRECTORY, proxies or anything else of ours."""
+    """What a child sees: locale, time zone, user, a fixed PATH; not $CREDENTIALS_DIRECTORY, proxies or more of ours."""
     return dict({k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}, PATH=CHILD_PATH)
 
 
@@ -3886,9 +3868,8 @@ def default_script_dir(env: Dict[str, str]) -> str:
 
 
 def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False, started: bool = False) -> bool:
-    """Until the watcher has started, everything goes to stderr, so start-up errors reach the terminal or init script.
-    Then: --log-file, or for a daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when logging to syslog,
-    whose lines may come back in a watched file."""
+    """Before the watcher starts, all goes to stderr (for the terminal or init script); then --log-file, or for a daemon
+    syslog (else SCRIPTDIR/birdsentinel.log).  True for syslog, whose lines may come back in a watched file."""
     LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
     LOG.propagate = False
     for h in list(LOG.handlers):
@@ -3922,8 +3903,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
 
 def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
              opener: Optional[Callable[..., Any]] = None) -> int:
-    """The drop-in for the classic one-argument sender: exit 0 only on 201.
-    With --dry-run it shows the parts and opens no connection."""
+    """Drop-in for the classic one-argument sender: exit 0 only on 201; --dry-run shows the parts, connects nowhere."""
     text = sanitize(opts.send)
     if not text.strip():
         raise Usage("--send needs a non-empty message")
