@@ -2886,9 +2886,6 @@ class Credentials:
     def __repr__(self) -> str:
         return "Credentials(<4 values hidden>)"
 
-    def values(self) -> Tuple[str, ...]:
-        return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
-
 
 def read_secret(path: str, check_mode: bool = True) -> str:
     """One secret, checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
@@ -3049,10 +3046,7 @@ def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Cal
     if loopback:
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
-
-    def open_(req: Any, timeout: float) -> Any:
-        return opener.open(req, timeout=timeout)
-    return open_
+    return lambda req, timeout: opener.open(req, timeout=timeout)
 
 
 class XClient:
@@ -3118,13 +3112,6 @@ class XClient:
         path = ("/2/users/me" if not to else "/2/users/" + to if USER_ID_RE.match(to)
                 else "/2/users/by/username/" + urllib.parse.quote(to.lstrip("@")))
         return self.call("GET", path, query={"user.fields": fields} if fields else None)
-
-    def request_token(self) -> XResponse:
-        return self.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
-
-    def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
-        return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
-                         extra_oauth=(("oauth_verifier", pin),))
 
 
 # ==== Actions ================================================================
@@ -3958,7 +3945,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
                   opener: Optional[Callable[..., Any]] = None) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
     client = client_from(opts, env, False, opener)
-    resp = client.request_token()
+    resp = client.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
         LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
@@ -3972,7 +3959,8 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     if not re.match(r"^[0-9A-Za-z]{1,32}$", pin):
         LOG.error("no PIN given")
         return EX_USAGE
-    resp = client.access_token(form["oauth_token"], form.get("oauth_token_secret", ""), pin)
+    resp = client.call("POST", "/oauth/access_token", token=(form["oauth_token"], form.get("oauth_token_secret", "")),
+                       extra_oauth=(("oauth_verifier", pin),))
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
         LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
