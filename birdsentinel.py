@@ -2049,8 +2049,7 @@ class Sentinel:
 
 
 # ==== State and outbox =======================================================
-# Every write is atomic (temp file in the same directory, fsync, rename,
-# fsync of the directory): a crash leaves the old file or the new one.
+# Every write is atomic (temp file in the same directory, fsync, rename, fsync of the dir): a crash leaves old or new.
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -2250,8 +2249,7 @@ class Outbox:
         self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {
             "dm": collections.OrderedDict(), "tweet": collections.OrderedDict()}
         self.lost: Dict[str, Dict[str, int]] = {}      # "kind to" -> {action label: alerts not kept}
-        self.text_bytes = self.journal_bytes = 0
-        self.next_id = 1
+        self.text_bytes, self.journal_bytes, self.next_id = 0, 0, 1
         self.committed: Optional[int] = None
         self.lock = threading.RLock()
         self.durable, self.unsynced, self.full, self.lost_changed = True, False, False, False
@@ -2535,8 +2533,7 @@ def format_alert(hostname: str, text: str) -> str:
 
 
 def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
-    """('+N alerts since HH:MM:SS:' and as many held lines as fit in one message
-    (the first one cut short if it alone is too long), how many it carries)."""
+    """(text, n): '+N alerts since HH:MM:SS:' and the first n held lines that fit (at least one, cut if need be)."""
     head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
                                      time.strftime("%H:%M:%S", time.localtime(since)))
     weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
@@ -2766,10 +2763,9 @@ class Deliverer:
         if self.client is None or not len(self.outbox):
             return 3600.0
         mono = self.monotonic()
-        if mono < self.auth_until:
-            return self.auth_until - mono
-        if mono < self.retry_at:
-            return self.retry_at - mono
+        for until in (self.auth_until, self.retry_at):     # credentials, then a back-off
+            if mono < until:
+                return until - mono
         waits = []
         for kind in ("dm", "tweet"):
             entry = self.outbox.first(kind)
@@ -3099,7 +3095,6 @@ class XClient:
                 resp.close()
         return XResponse(int(status), {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}, body)
 
-    # -- endpoints -------------------------------------------------------
     def send_dm(self, recipient_id: str, text: str) -> XResponse:
         return self.call("POST", "/2/dm_conversations/with/%s/messages" % urllib.parse.quote(recipient_id),
                          json_body={"text": text})
@@ -3235,10 +3230,9 @@ class ActionRunner:
                 seq = int(self.state.get("tweet_seq", 0)) + 1
                 self.state["tweet_seq"] = seq
             extra = {"seq": seq, "defang": action.defang}
-        entry = {"kind": kind, "to": to, "text": text, **extra}
         if self.dry_run or self.outbox is None:
             with self.state_lock:
-                printed = would_send(entry, self.state["users"])
+                printed = would_send({"kind": kind, "to": to, "text": text, **extra}, self.state["users"])
             self.write_out(printed)
             return
         self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
@@ -3883,9 +3877,6 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     handler.setFormatter(logging.Formatter(fmt))
     LOG.addHandler(handler)
     return syslog
-
-
-# -- one-shot commands -------------------------------------------------------
 
 
 def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
