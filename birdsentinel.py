@@ -1994,8 +1994,7 @@ class Sentinel:
 
 
 # ==== State and outbox =======================================================
-# Every write is atomic (temp file in the same directory, fsync, rename,
-# fsync of the directory): a crash leaves the old file or the new one.
+# Every write is atomic (temp file in the same directory, fsync, rename, fsync of the dir): a crash leaves old or new.
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -2038,8 +2037,7 @@ def check_ours(st: os.stat_result, path: str, private: bool = True) -> None:
 
 
 def open_ours(path: str, flags: int, private: bool = True) -> int:
-    """os.open for the files of the script dir: never through a symlink,
-    never blocking on a FIFO, and only a file of ours (check_ours)."""
+    """os.open of a script dir file: never through a symlink, never blocking on a FIFO, only a file of ours."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -2067,18 +2065,12 @@ def check_dir_ours(directory: str) -> None:
 
 
 def remove_stale_temp_files(directory: str) -> None:
-    """Our atomic writes' temp files that a crash left behind.  Called with
-    the state lock held, so no write of ours is in progress."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith(".birdsentinel-") and name.endswith(".tmp"):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                check_ours(os.lstat(path), path)
-                os.unlink(path)
+    """Remove our atomic writes' temp files that a crash left; the state lock is held: no write of ours is running."""
+    import glob                                     # (it skips a directory it cannot list)
+    for path in glob.glob(os.path.join(glob.escape(directory), ".birdsentinel-*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            check_ours(os.lstat(path), path)
+            os.unlink(path)
 
 
 def new_state() -> Dict[str, Any]:
@@ -2094,16 +2086,14 @@ def valid_state(data: Any) -> bool:
 
 
 class StateStore:
-    """The versioned JSON state file.  A failed save keeps the old file and
-    is logged once per cause; the next save retries."""
+    """The versioned JSON state file: a failed save keeps the old file, is logged once per cause, and is retried."""
 
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
         self.path, self.writer = path, writer
         self.failing: Optional[str] = None
 
     def load(self) -> Tuple[Dict[str, Any], bool]:
-        """(state, found): a missing file gives a new state; a corrupt one is
-        reported, kept aside as FILE.corrupt, and gives a new state."""
+        """(state, found): a new state when the file is missing or corrupt (logged, and kept aside as FILE.corrupt)."""
         try:
             with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
                 raw = fh.read()
@@ -2162,9 +2152,8 @@ def acquire_lock(state_path: str) -> int:
 
 
 def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int, Dict[str, Any]]", int, List[int]]:
-    """The outbox journal's pending messages in order (with "parts" sent of a split one), the highest id seen, and the
-    numbers (from 0) of the lines that are not whole records: writes a crash cut short.  A "lost" record is kept under
-    id 0: what the last one says was not kept."""
+    """The journal's pending messages in order (with "parts" sent of a split one), the highest id, the numbers (from 0)
+    of broken lines (writes a crash cut short), and under id 0 the last "lost" record: what was not kept."""
     entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
     last_id, unreadable = 0, []
     for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines):
@@ -2205,8 +2194,7 @@ class Outbox:
         self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {
             "dm": collections.OrderedDict(), "tweet": collections.OrderedDict()}
         self.lost: Dict[str, Dict[str, int]] = {}      # "kind to" -> {action label: alerts not kept}
-        self.text_bytes = self.journal_bytes = 0
-        self.next_id = 1
+        self.text_bytes, self.journal_bytes, self.next_id = 0, 0, 1
         self.committed: Optional[int] = None
         self.lock = threading.RLock()
         self.durable, self.unsynced, self.full, self.lost_changed = True, False, False, False
@@ -2215,8 +2203,7 @@ class Outbox:
         self.retry_at = 0.0                             # monotonic: next rewrite after a failed write
 
     def load(self, committed: Optional[int] = None) -> None:
-        """Stream the journal in; drop what came after `committed` (those
-        lines are read again from the saved offsets), then rewrite it."""
+        """Stream the journal in, drop what came after `committed` (its lines are read again), and rewrite it."""
         with self.lock:
             try:
                 with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
@@ -2411,15 +2398,13 @@ TWEET_LINK_MARGIN = TWEET_URL_WEIGHT - 4
 
 
 def strip_controls(text: str) -> str:
-    """What a program gets of a log line: no escape sequence, no control
-    character but tab (OSC 52 would write the clipboard of a terminal)."""
+    """What programs get of a log line: no escape sequence or control but tab (OSC 52 writes a terminal's clipboard)."""
     return CONTROL_RE.sub("", ANSI_RE.sub("", text))
 
 
 def sanitize(text: str) -> str:
-    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible format characters (category Cf:
-    bidi marks, zero-width ones, TAG characters; the Hangul fillers), so a log line cannot drive a terminal, forge a
-    message's layout or hide text in it."""
+    """Remove ANSI/OSC escapes, control characters (tab becomes a space) and invisible ones (Cf: bidi, zero-width, TAG
+    characters; Hangul fillers), so a log line cannot drive a terminal, forge a layout or hide text."""
     if text.isprintable() and text.isascii():       # the common case: nothing to remove
         return text
     text = strip_controls(text).replace("\t", " ")
@@ -2456,8 +2441,7 @@ def defang(text: str) -> str:
 
 
 def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[str]:
-    """Split text into parts of at most `limit` (as weighed), each ending in
-    ' (i/n)' when there is more than one, preferring to cut at spaces."""
+    """Parts of at most `limit` (as weighed), cut at spaces if possible, each ending in ' (i/n)' if there are more."""
     if weigh(text) <= limit:
         return [text]
     text = text.strip()
@@ -2468,9 +2452,8 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
     raise ValueError("message too long to split")
 
 
-def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str]:
+def _greedy_split(rest: str, room: int, weigh: Callable[[str], int]) -> List[str]:
     parts: List[str] = []
-    rest = text
     while rest:
         if weigh(rest) <= room:
             parts.append(rest.strip())
@@ -2478,14 +2461,9 @@ def _greedy_split(text: str, room: int, weigh: Callable[[str], int]) -> List[str
         lo, hi = 1, len(rest)                 # longest prefix that fits
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if weigh(rest[:mid]) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        cut = lo
-        space = rest.rfind(" ", 0, cut + 1)
-        if space > cut // 2:
-            cut = space
+            lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
+        space = rest.rfind(" ", 0, lo + 1)
+        cut = space if space > lo // 2 else lo
         parts.append(rest[:cut].strip())
         rest = rest[cut:].strip()
     return parts
@@ -2500,8 +2478,7 @@ def format_alert(hostname: str, text: str) -> str:
 
 
 def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[int] = None) -> Tuple[str, int]:
-    """('+N alerts since HH:MM:SS:' and as many held lines as fit in one message
-    (the first one cut short if it alone is too long), how many it carries)."""
+    """(text, n): '+N alerts since HH:MM:SS:' and the first n held lines that fit (at least one, cut if need be)."""
     head = "+%d alert%s since %s:" % (len(held), "" if len(held) == 1 else "s",
                                      time.strftime("%H:%M:%S", time.localtime(since)))
     weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
@@ -2589,21 +2566,16 @@ def message_price(kind: str, text: str) -> float:
     return PRICE_USD["tweet_url" if kind == "tweet" and has_url(text) else kind]
 
 
-def tweet_parts(text: str, seq: int, defang_urls: bool) -> List[str]:
-    """The posts for one alert: defanged, split at 280, and every part
-    unique (X refuses a post that repeats an earlier one): ' [#seq]'."""
-    text = defang(text) if defang_urls else text
+def entry_parts(entry: Dict[str, Any]) -> List[str]:
+    """What one outbox entry sends, part by part.  Posts are defanged, split at 280, and every part unique (X refuses
+    a post that repeats an earlier one): ' [#seq]'."""
+    if entry["kind"] != "tweet":
+        return message_parts("dm", entry["text"])
+    text = defang(entry["text"]) if entry.get("defang", True) else entry["text"]
     if len(text) > TWEET_MAX_TEXT:                  # a flood of posts helps nobody
         text = text[:TWEET_MAX_TEXT] + "\u2026[cut]"
-    tag = " [#%d]" % seq
+    tag = " [#%d]" % int(entry.get("seq", 0))
     return [p + tag for p in split_message(text, TWEET_MAX_WEIGHT - tweet_weight(tag), tweet_weight)]
-
-
-def entry_parts(entry: Dict[str, Any]) -> List[str]:
-    """What one outbox entry sends, part by part."""
-    if entry["kind"] == "tweet":
-        return tweet_parts(entry["text"], int(entry.get("seq", 0)), bool(entry.get("defang", True)))
-    return message_parts("dm", entry["text"])
 
 
 def dm_hint(to: str, sender: str) -> str:
@@ -2611,14 +2583,13 @@ def dm_hint(to: str, sender: str) -> str:
             "people who wrote to them), and allow DMs in their settings" % (to, sender, to, sender))
 
 
-def describe_recipient(to: str, users: Dict[str, Any]) -> str:
-    """How dry runs and --check name a DM's recipient, without asking X."""
-    if not to:
-        return "the account itself"
-    if USER_ID_RE.match(to):
-        return "user id %s" % to
-    uid = users.get(to.lower())
-    return "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to
+def would_send(entry: Dict[str, Any], users: Dict[str, Any]) -> str:
+    """What a dry run prints for one outbox entry, part by part, naming a DM's recipient without asking X."""
+    to, uid = entry["to"], users.get(entry["to"].lower())
+    who = ("the account itself" if not to else "user id %s" % to if USER_ID_RE.match(to)
+           else "%s (id %s)" % (to, uid) if uid else "%s (id resolved at send time)" % to)
+    label = "would post" if entry["kind"] == "tweet" else "would dm " + who
+    return "".join("%s: %s\n" % (label, p) for p in entry_parts(entry))
 
 
 class Deliverer:
@@ -2737,10 +2708,9 @@ class Deliverer:
         if self.client is None or not len(self.outbox):
             return 3600.0
         mono = self.monotonic()
-        if mono < self.auth_until:
-            return self.auth_until - mono
-        if mono < self.retry_at:
-            return self.retry_at - mono
+        for until in (self.auth_until, self.retry_at):     # credentials, then a back-off
+            if mono < until:
+                return until - mono
         waits = []
         for kind in ("dm", "tweet"):
             entry = self.outbox.first(kind)
@@ -2752,8 +2722,7 @@ class Deliverer:
                 continue
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
-                # stamps in the future (the wall clock went back) become now, once,
-                # so they age out within their window instead of waiting for the clock
+                # stamps in the future (the wall clock went back) become now, once, so they age out within their window
                 sent = self.state["sent"][kind]
                 sent[:] = [min(t, now) for t in sent]
                 self.state["spend"] = [[min(t, now), u] for t, u in self.state["spend"]]
@@ -2843,8 +2812,7 @@ class Deliverer:
 
 
 # ==== X API client ===========================================================
-# OAuth 1.0a user context over urllib.  The opener, clock and nonce are
-# parameters, so tests drive it without a network or real time.
+# OAuth 1.0a user context over urllib; opener, clock and nonce are parameters: tests need no network or real time.
 
 
 class Credentials:
@@ -2859,16 +2827,10 @@ class Credentials:
     def __repr__(self) -> str:
         return "Credentials(<4 values hidden>)"
 
-    __str__ = __repr__
-
-    def values(self) -> Tuple[str, ...]:
-        return tuple(v for v in (self.consumer_key, self.consumer_secret, self.token, self.token_secret) if v)
-
 
 def read_secret(path: str, check_mode: bool = True) -> str:
-    """One secret.  Checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
-    inside it), owned by root or us, that nobody else can read or change; the checks are of the file that was opened
-    (fstat), so it cannot be swapped in between."""
+    """One secret, checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
+    inside it), owned by root or us, nobody else may read or change; checked once opened (fstat): no swap in between."""
     real = os.path.realpath(path)
     try:
         if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
@@ -2925,8 +2887,7 @@ def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = T
 
 
 def protect_process() -> None:
-    """Once the secrets are in memory: no core dump, no ptrace by the
-    same user (PR_SET_DUMPABLE 0 also closes /proc/PID/mem to them)."""
+    """With the secrets in memory: no core dump, no same-user ptrace (PR_SET_DUMPABLE 0 also closes /proc/PID/mem)."""
     import resource
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -2999,8 +2960,7 @@ class XResponse:
 
 
 def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]:
-    """The user object of a successful lookup, its id checked, or (None,
-    why).  A 200 can carry only errors[] (no such user): X's reason is kept."""
+    """A lookup's user object, its id checked, or (None, why): a 200 can carry only errors[] (no such user)."""
     data = resp.json()
     user = data.get("data") if isinstance(data, dict) else None
     if not isinstance(user, dict):
@@ -3012,9 +2972,8 @@ def read_user(resp: XResponse, who: str) -> Tuple[Optional[Dict[str, Any]], str]
 
 
 def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Callable[[Any, float], Any]:
-    """urllib with verification always on (--ca-file adds to the system's CAs), no redirects (a 3xx would carry the
-    signed request elsewhere and its 200 would count as delivered), and no proxy for a loopback base (an http proxy
-    would see the Authorization header)."""
+    """urllib, always verifying (--ca-file adds to the system's CAs), no redirects (a 3xx would take the signed request
+    elsewhere and its 200 count as delivered), no proxy for a loopback base (it would see the Authorization header)."""
     import ssl
     import urllib.request
 
@@ -3028,10 +2987,7 @@ def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Cal
     if loopback:
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
-
-    def open_(req: Any, timeout: float) -> Any:
-        return opener.open(req, timeout=timeout)
-    return open_
+    return lambda req, timeout: opener.open(req, timeout=timeout)
 
 
 class XClient:
@@ -3084,7 +3040,6 @@ class XClient:
                 resp.close()
         return XResponse(int(status), {k.lower(): v for k, v in (resp.headers.items() if resp.headers else [])}, body)
 
-    # -- endpoints -------------------------------------------------------
     def send_dm(self, recipient_id: str, text: str) -> XResponse:
         return self.call("POST", "/2/dm_conversations/with/%s/messages" % urllib.parse.quote(recipient_id),
                          json_body={"text": text})
@@ -3098,13 +3053,6 @@ class XClient:
                 else "/2/users/by/username/" + urllib.parse.quote(to.lstrip("@")))
         return self.call("GET", path, query={"user.fields": fields} if fields else None)
 
-    def request_token(self) -> XResponse:
-        return self.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
-
-    def access_token(self, request_token: str, request_secret: str, pin: str) -> XResponse:
-        return self.call("POST", "/oauth/access_token", token=(request_token, request_secret),
-                         extra_oauth=(("oauth_verifier", pin),))
-
 
 # ==== Actions ================================================================
 # Programs run as argv lists: never through a shell.  Children run while matching goes on; at most max_children at once,
@@ -3112,9 +3060,8 @@ class XClient:
 
 
 def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Match], raw: bool = False) -> List[str]:
-    """Expand each argument on its own: a log line stays one argument, without control characters and escape sequences
-    unless raw (tab is kept), and an argument whose '-' does not come from the config ('$1', "''$1", '""$1': issue 10)
-    gets a leading space: never an option."""
+    """Each argument expanded alone: a log line stays one argument, without controls or escapes unless raw (tab stays);
+    one whose '-' is not the config's ('$1', "''$1", '""$1': issue 10) gets a leading space: never an option."""
     argv = []
     for i, t in enumerate(templates):
         value = t.expand(line, match, str if raw else strip_controls).replace("\0", "")
@@ -3122,13 +3069,6 @@ def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Matc
             value = " " + value
         argv.append(value)
     return argv
-
-
-@dataclass
-class Child:
-    proc: subprocess.Popen
-    what: str
-    started: float
 
 
 class ActionRunner:
@@ -3144,7 +3084,7 @@ class ActionRunner:
         self.state = state if state is not None else new_state()
         self.state_lock = state_lock or threading.RLock()
         self.clock, self.monotonic = clock, monotonic
-        self.children: List[Child] = []
+        self.children: List[Tuple[subprocess.Popen, str, float]] = []     # (child, what it runs, monotonic start)
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
         self.waiting_bytes = self.failures = self.enqueued = 0
@@ -3235,12 +3175,10 @@ class ActionRunner:
                 seq = int(self.state.get("tweet_seq", 0)) + 1
                 self.state["tweet_seq"] = seq
             extra = {"seq": seq, "defang": action.defang}
-        entry = {"kind": kind, "to": to, "text": text, **extra}
         if self.dry_run or self.outbox is None:
             with self.state_lock:
-                label = "would post" if kind == "tweet" else "would dm " + describe_recipient(to, self.state["users"])
-            for p in entry_parts(entry):
-                self.write_out("%s: %s\n" % (label, p))
+                printed = would_send({"kind": kind, "to": to, "text": text, **extra}, self.state["users"])
+            self.write_out(printed)
             return
         self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
         self.enqueued += 1
@@ -3274,7 +3212,7 @@ class ActionRunner:
             return
         if stdin is not None and proc.stdin is not None:
             threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
-        self.children.append(Child(proc, "%s %s" % (what, argv[0]), self.monotonic()))
+        self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
         self.failures += 1
@@ -3282,16 +3220,17 @@ class ActionRunner:
 
     def reap(self) -> None:
         now = self.monotonic()
-        for c in list(self.children):
-            rc = c.proc.poll()
-            if rc is None and now - c.started > CHILD_TIMEOUT:
-                c.proc.kill()
-                rc = c.proc.wait()
-                self.failed("%s ran longer than %.0f s: killed" % (c.what, CHILD_TIMEOUT))
+        for child in list(self.children):
+            proc, what, started = child
+            rc = proc.poll()
+            if rc is None and now - started > CHILD_TIMEOUT:
+                proc.kill()
+                rc = proc.wait()
+                self.failed("%s ran longer than %.0f s: killed" % (what, CHILD_TIMEOUT))
             elif rc is not None and rc != 0:
-                self.failed("%s exited with status %d" % (c.what, rc))
+                self.failed("%s exited with status %d" % (what, rc))
             if rc is not None:
-                self.children.remove(c)
+                self.children.remove(child)
         for key, pipe in list(self.pipes.items()):
             if pipe.full_since is not None and not pipe.lines.full():
                 pipe.full_since = None              # the reader caught up after a burst
@@ -3330,8 +3269,7 @@ class ActionRunner:
 
 
 class PipeWriter:
-    """A keep_open pipe's child, written by a thread of its own through a
-    bounded queue: a reader that stalls never blocks the watcher (issue 9)."""
+    """A keep_open child fed by its own thread through a bounded queue: a stalled reader never blocks us (issue 9)."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
@@ -3360,8 +3298,7 @@ class PipeWriter:
 
 
 def child_env(env: Any) -> Dict[str, str]:
-    """What a child sees: the locale, time zone and user, and a fixed PATH;
-    never $CREDENTIALS_DIRECTORY, proxies or anything else of ours."""
+    """What a child sees: locale, time zone, user, a fixed PATH; not $CREDENTIALS_DIRECTORY, proxies or more of ours."""
     return dict({k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}, PATH=CHILD_PATH)
 
 
@@ -3850,15 +3787,15 @@ def default_script_dir(env: Dict[str, str]) -> str:
 
 
 def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool = False, started: bool = False) -> bool:
-    """Until the watcher has started, everything goes to stderr, so start-up errors reach the terminal or init script.
-    Then: --log-file, or for a daemon syslog (else SCRIPTDIR/birdsentinel.log).  Returns True when logging to syslog,
-    whose lines may come back in a watched file."""
+    """Before the watcher starts, all goes to stderr (for the terminal or init script); then --log-file, or for a daemon
+    syslog (else SCRIPTDIR/birdsentinel.log).  True for syslog, whose lines may come back in a watched file."""
     LOG.setLevel(logging.DEBUG if opts.verbose else logging.WARNING if opts.check else logging.INFO)
     LOG.propagate = False
     for h in list(LOG.handlers):
         LOG.removeHandler(h)
         h.close()
     handler: logging.Handler
+    fmt = "birdsentinel[%(process)d]: %(levelname)s: %(message)s"
     syslog = started and daemon and not opts.log_file and os.path.exists("/dev/log")
     log_file = opts.log_file or (os.path.join(script_dir, LOG_NAME) if daemon else None)
     if started and (opts.log_file or daemon):
@@ -3866,29 +3803,23 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     try:
         if syslog:
             handler = loghandlers.SysLogHandler(address="/dev/log", facility=loghandlers.SysLogHandler.LOG_DAEMON)
-            handler.setFormatter(logging.Formatter("birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
         elif started and log_file:                  # --log-file, or the daemon's SCRIPTDIR/birdsentinel.log
             if not opts.log_file:
                 os.close(open_ours(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
-            handler = loghandlers.WatchedFileHandler(log_file)
-            handler.setFormatter(logging.Formatter("%(asctime)s birdsentinel[%(process)d]: %(levelname)s: %(message)s"))
+            handler, fmt = loghandlers.WatchedFileHandler(log_file), "%(asctime)s " + fmt
         else:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("birdsentinel: %(levelname)s: %(message)s"))
+            handler, fmt = logging.StreamHandler(sys.stderr), "birdsentinel: %(levelname)s: %(message)s"
     except OSError as exc:
         LOG.addHandler(logging.StreamHandler(sys.stderr))
         raise StateError("cannot open log %s: %s" % (log_file or "/dev/log", exc.strerror)) from None
+    handler.setFormatter(logging.Formatter(fmt))
     LOG.addHandler(handler)
     return syslog
 
 
-# -- one-shot commands -------------------------------------------------------
-
-
 def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
              opener: Optional[Callable[..., Any]] = None) -> int:
-    """The drop-in for the classic one-argument sender: exit 0 only on 201.
-    With --dry-run it shows the parts and opens no connection."""
+    """Drop-in for the classic one-argument sender: exit 0 only on 201; --dry-run shows the parts, connects nowhere."""
     text = sanitize(opts.send)
     if not text.strip():
         raise Usage("--send needs a non-empty message")
@@ -3897,10 +3828,9 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     if kind == "dm" and to and not (USER_ID_RE.match(to) or HANDLE_RE.match(to)):
         raise Usage("--to takes @handle or a numeric user id, not %r" % to)
     to = "@" + to if to and not USER_ID_RE.match(to) and not to.startswith("@") else to
-    parts = entry_parts({"kind": kind, "to": to, "text": text, "seq": int(time.time()) % 100000})
+    entry = {"kind": kind, "to": to, "text": text, "seq": int(time.time()) % 100000}
     if opts.dry_run:
-        label = "would post" if kind == "tweet" else "would dm " + describe_recipient(to, {})
-        out.write("".join("%s: %s\n" % (label, p) for p in parts))
+        out.write(would_send(entry, {}))
         return EX_OK
     client = client_from(opts, env, opener=opener)
     to_id = to
@@ -3914,7 +3844,7 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
             LOG.error("%s", why)
             return EX_FAIL
         to_id = str(user["id"])
-    for part in parts:
+    for part in entry_parts(entry):
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
         if kind == "dm" and resp.status == 403:
             LOG.error("%s", dm_hint(to or "the account", "the sending account"))
@@ -3944,7 +3874,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
                   opener: Optional[Callable[..., Any]] = None) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
     client = client_from(opts, env, False, opener)
-    resp = client.request_token()
+    resp = client.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
         LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
@@ -3958,7 +3888,8 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     if not re.match(r"^[0-9A-Za-z]{1,32}$", pin):
         LOG.error("no PIN given")
         return EX_USAGE
-    resp = client.access_token(form["oauth_token"], form.get("oauth_token_secret", ""), pin)
+    resp = client.call("POST", "/oauth/access_token", token=(form["oauth_token"], form.get("oauth_token_secret", "")),
+                       extra_oauth=(("oauth_verifier", pin),))
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
         LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
@@ -3978,9 +3909,15 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
-def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional[Config]) -> List[str]:
-    """What an admin must fix before the daemon can work, one line each:
-    the classic layout's directories, owners and modes, and the logs."""
+def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
+              opener: Optional[Callable[..., Any]] = None) -> int:
+    """The config, then what an admin must fix before the daemon can work, one line each: the classic layout's
+    directories, owners and modes, the logs, the credentials; --online: the account and each DM recipient."""
+    config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
+    config = parse_config(config_path)
+    watch = sum(1 for r in config.rules if r.kind == "watchfor")
+    out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
+              % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
     problems: List[str] = []
     script_dir = opts.script_dir or default_script_dir(env)
     if not os.path.isdir(script_dir):
@@ -3997,20 +3934,24 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
     if opts.pid_file and not os.access(os.path.dirname(os.path.abspath(opts.pid_file)), os.W_OK):
         problems.append("pid file %s cannot be written by %s: use a directory the daemon user owns"
                         % (opts.pid_file, current_user()))
-    for path in (config.files if config is not None else ()):
+    for path in config.files:
         mode = os.stat(path).st_mode                # whoever can edit the rules can make exec run anything
         if mode & (stat.S_IWOTH | stat.S_IWGRP):
             problems.append("config file %s is writable by %s (mode %04o): chmod 0644 %s (exec rules run "
                             "programs)" % (path, "everyone" if mode & stat.S_IWOTH else "its group",
                                            stat.S_IMODE(mode), path))
-    for path in opts.tail_file or []:
-        if not os.path.exists(path):
-            problems.append("log file %s does not exist (it will be waited for)" % path)
-        elif not os.access(path, os.R_OK):
-            problems.append("log file %s is not readable by %s: add the user to the group that owns it "
-                            "(usually adm)" % (path, current_user()))
-    wants_x = config is not None and any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions)
-    if wants_x or opts.online:
+    journal = journal_wanted(opts)
+    if journal:
+        out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
+    elif not (opts.examine or opts.read_pipe or opts.omprog):
+        out.write("source: %s\n" % ", ".join(default_files(opts)))
+        for path in default_files(opts):            # -t's files, else the default one
+            if not os.path.exists(path):
+                problems.append("log file %s does not exist (it will be waited for)" % path)
+            elif not os.access(path, os.R_OK):
+                problems.append("log file %s is not readable by %s: add the user to the group that owns it "
+                                "(usually adm)" % (path, current_user()))
+    if opts.online or any(a.kind in ("dm", "tweet") for r in config.rules for a in r.actions):
         directory, checked = credential_dir(opts.twitter_dir, env)
         if not os.path.isdir(directory):
             problems.append("credential dir %s does not exist: mkdir -m 0750 %s; chgrp monitor %s"
@@ -4025,25 +3966,8 @@ def check_layout(opts: argparse.Namespace, env: Dict[str, str], config: Optional
                     read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-    return problems
-
-
-def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-              opener: Optional[Callable[..., Any]] = None) -> int:
-    config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
-    config = parse_config(config_path)
-    watch = sum(1 for r in config.rules if r.kind == "watchfor")
-    out.write("config %s: %d rules (%d watchfor, %d ignore) from %d file(s)\n"
-              % (config_path, len(config.rules), watch, len(config.rules) - watch, len(config.files)))
-    problems = check_layout(opts, env, config)
-    journal = journal_wanted(opts)
-    if journal:
-        problems += [journal_problem(opts.journal_dir)] if journal_problem(opts.journal_dir) else []
-        out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
-    elif not (opts.examine or opts.read_pipe or opts.omprog):
-        out.write("source: %s\n" % ", ".join(default_files(opts)))
-        problems += ["log file %s is not readable by %s: add the user to the group that owns it (usually adm)"
-                     % (p, current_user()) for p in default_files(opts) if not opts.tail_file and not os.access(p, os.R_OK)]
+    if journal and journal_problem(opts.journal_dir):
+        problems.append(journal_problem(opts.journal_dir))
     for r in config.rules if not journal else ():
         if any(t.field for t in r.pattern.terms):
             out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
@@ -4067,8 +3991,13 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
             out.write("WARNING: this token cannot send direct messages (access level %s): set the app's "
                       "permissions to 'Read, write, and Direct Messages', then run --authorize again\n"
                       % sanitize(level))
-        for to in dm_recipients(config):
-            problem = check_recipient(client, to, sender)
+        for to in dm_recipients(config):            # can X deliver our DMs to each of them?
+            resp = client.user(to, fields="receives_your_dm")
+            user, problem = read_user(resp, to or sender)
+            if classify(resp) != "ok":
+                problem = "cannot look up %s: X answered %d: %s" % (to or sender, resp.status, resp.detail())
+            elif user is not None and to and user.get("receives_your_dm") is False:
+                problem = dm_hint(to, sender)
             if problem:
                 problems.append(problem)
                 out.write("FIX: %s\n" % problem)
@@ -4082,17 +4011,6 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
 def dm_recipients(config: Config) -> List[str]:
     """Every `dm` recipient of the config ('' is the account itself)."""
     return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm" for r in (a.recipients or ("",))})
-
-
-def check_recipient(client: XClient, to: str, sender: str) -> str:
-    """'' when X says `to` can receive the sender's DMs, else what to fix."""
-    resp = client.user(to, fields="receives_your_dm")
-    if classify(resp) != "ok":
-        return "cannot look up %s: X answered %d: %s" % (to or sender, resp.status, resp.detail())
-    user, why = read_user(resp, to or sender)
-    if user is None:
-        return why
-    return dm_hint(to, sender) if to and user.get("receives_your_dm") is False else ""
 
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,

@@ -327,9 +327,7 @@ def chunks_of(data, sizes):
 
 
 def tweet_parts(text, seq, defang):
-    if hasattr(bs, "tweet_parts"):
-        return bs.tweet_parts(text, seq, defang)
-    return bs.message_parts("tweet", bs.tweet_text(text, seq, defang))
+    return bs.entry_parts({"kind": "tweet", "text": text, "seq": seq, "defang": defang})
 
 
 SGR_WRAP = re.compile(r"^\x1b\[[0-9;]*m(.*)\x1b\[0m$")

@@ -166,7 +166,7 @@ def test_fuzzed_alerts_post_within_280_by_x(seed):
         text = bs.format_alert("host1", gen_line(rng))
         for defanged in (True, False):
             seq = next(seqs) + 10 ** rng.randint(0, 9)
-            parts = bs.tweet_parts(text, seq, defanged)
+            parts = bs.entry_parts({"kind": "tweet", "text": text, "seq": seq, "defang": defanged})
             assert parts and all(p.endswith(" [#%d]" % seq) for p in parts), (text, parts)
             nparts += len(parts)
             slack = max(slack, check_posts(parts, defanged, problems))
@@ -213,7 +213,7 @@ ISSUE_LINES = {
 def test_issue_lines_post_within_280_by_x(name, defanged):
     line = ISSUE_LINES[name]
     assert 255 <= len(line) <= 272, len(line)
-    parts = bs.tweet_parts(bs.format_alert("host", line), 7, defanged)
+    parts = bs.entry_parts({"kind": "tweet", "text": bs.format_alert("host", line), "seq": 7, "defang": defanged})
     FIGURES["issue_%s_%s (line chars, X weight of line, parts' X weights)" % (name, defanged)] = \
         [len(line), x_len(line), [x_len(p) for p in parts]]
     problems = {}
