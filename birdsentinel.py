@@ -215,13 +215,11 @@ ECHO_MODES = types.MappingProxyType({
 
 class BirdError(Exception):
     """Base of every error birdsentinel reports as one line."""
-
     exit_code = EX_FAIL
 
 
 class ConfigError(BirdError):
     """A config file problem: '"FILE", line N: what -- hint'."""
-
     exit_code = EX_CONFIG
 
     def __init__(self, path: str, lineno: int, what: str, hint: str = "") -> None:
@@ -243,7 +241,6 @@ class LockedError(BirdError):
 
 class UnsafeFileError(BirdError):
     """A file or directory that birdsentinel did not make, or others can change."""
-
     exit_code = EX_CONFIG
 
 
@@ -253,7 +250,6 @@ class NoInputError(BirdError):
 
 class XNetworkError(BirdError):
     """The request never got an HTTP answer (refused, reset, timed out)."""
-
     exit_code = EX_TEMPFAIL
 
 
@@ -358,7 +354,6 @@ FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 @dataclass(frozen=True)
 class Template:
     """Text with $_ $0 $* (the line), $1..$9, ${name} (groups), parsed once: inserted values are never parsed again."""
-
     parts: Tuple[Tuple[bool, str], ...]   # (is_variable, literal or name)
 
     @staticmethod
@@ -425,7 +420,6 @@ class Term:
 @dataclass(frozen=True)
 class Pattern:
     """A watchfor/ignore expression: terms joined by && (all) or || (any)."""
-
     terms: Tuple[Term, ...]
     any_of: bool
     source: str
@@ -453,7 +447,6 @@ NEGATED_MATCH = re.compile("")
 
 class EntryMatch:
     """A match on a journal entry: the pattern's groups, then the entry's fields for ${FIELD} (a missing one: empty)."""
-
     def __init__(self, m: re.Match, fields: Dict[str, str]) -> None:
         self.m, self.fields = m, fields
 
@@ -1074,7 +1067,6 @@ def fp_length(fp: str) -> int:
 class LineSplitter:
     """Bytes in, complete lines out (as one decoded text block ending in a newline).  Holds a partial last line until
     its newline arrives; keeps only the first MAX_LINE bytes of a longer line."""
-
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
         self.name, self.max_line = name, max_line
         self.reset()
@@ -1133,7 +1125,6 @@ class LineSplitter:
 @dataclass
 class Handle:
     """An open log file being read."""
-
     fd: int
     ident: Tuple[int, int]
     pos: int                                 # next byte to read
@@ -1145,7 +1136,6 @@ class Handle:
 
 class FileTailer:
     """Follows one path across rotations without losing lines."""
-
     def __init__(self, path: str, on_text: Callable[[str], None], saved: Optional[Dict[str, Any]] = None,
                  start_at_end: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.on_text, self.clock, self.saved, self.start_at_end = path, on_text, clock, saved, start_at_end
@@ -1378,7 +1368,6 @@ class FileTailer:
 
 class StreamSource:
     """--examine FILE or --read-pipe CMD, read once to its end: a file MAX_POLL_READ a poll, a pipe what it has."""
-
     def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
                  proc: Optional[subprocess.Popen] = None, max_line: int = MAX_LINE) -> None:
         self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
@@ -1486,7 +1475,6 @@ class JournalSource(StreamSource):
     position is the cursor of the last entry read, committed like a file offset; a journalctl that exits is started
     again from it, with back-off. --journal-match is applied here, not by journalctl: systemd 252 can skip the first
     match after a cursor (systemd#30336)."""
-
     def __init__(self, directory: Optional[str], matches: Sequence[str],
                  on_entry: Callable[[str, Dict[str, str], Optional[str]], None],
                  on_gap: Callable[[str], None], saved: Optional[Dict[str, Any]], follow: bool = True) -> None:
@@ -1583,7 +1571,6 @@ class OmprogSource(StreamSource):
     """--omprog: rsyslog's omprog writes one message a line on our stdin and, with confirmMessages="on", waits for a
     line on our stdout: "OK" once the message is handled and durable (after the commit), anything else to keep it and
     send it again later (the outbox is full, or the state cannot be written).  EOF: rsyslog stopped."""
-
     def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
                  room: Callable[[], bool]) -> None:
         super().__init__("standard input (omprog)", 0, self.take)
@@ -1614,7 +1601,6 @@ class OmprogSource(StreamSource):
 
 class Inotify:
     """inotify(7) through libc: a new line wakes us at once; an idle watcher costs no CPU.  OSError if unavailable."""
-
     IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
     IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
     IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
@@ -1699,7 +1685,6 @@ def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
 @dataclass(frozen=True)
 class MatchPlan:
     """How to find the candidate lines of a block (see above)."""
-
     literals: Tuple[Tuple[str, bool], ...]     # (literal, case-insensitive)
     regex: Optional[re.Pattern]                # for rules without a literal
     per_line: bool                             # neither works: try every line
@@ -1864,7 +1849,6 @@ def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], b
 
 class Sentinel:
     """Applies the rules to lines: first match wins unless 'continue'."""
-
     def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
                  state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
@@ -2087,7 +2071,6 @@ def valid_state(data: Any) -> bool:
 
 class StateStore:
     """The versioned JSON state file: a failed save keeps the old file, is logged once per cause, and is retried."""
-
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
         self.path, self.writer = path, writer
         self.failing: Optional[str] = None
@@ -2185,7 +2168,6 @@ class Outbox:
     the dead-letter file).  Bounded: past max_entries or max_bytes of text a new alert is not kept but counted per
     recipient and action (lost), and the count is sent first when room returns.  Appends reach the disk at sync(), once
     a poll, before the offsets that cover them are saved; the sender takes only ids up to `committed` (None: all)."""
-
     def __init__(self, path: str, dead_path: str, fsync: bool = True,
                  max_entries: int = OUTBOX_ENTRIES, max_bytes: int = OUTBOX_BYTES) -> None:
         self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
@@ -2595,7 +2577,6 @@ def would_send(entry: Dict[str, Any], users: Dict[str, Any]) -> str:
 class Deliverer:
     """Drains the outbox in order, within X's limits and the local budget.  step() does at most one send and says how
     long to wait before the next call, so tests drive it with a fake clock."""
-
     def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
                  budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None, monotonic: Callable[[], float] = time.monotonic,
@@ -2817,7 +2798,6 @@ class Deliverer:
 
 class Credentials:
     """The four secrets.  repr() and str() never show them."""
-
     __slots__ = ("consumer_key", "consumer_secret", "token", "token_secret")
 
     def __init__(self, consumer_key: str, consumer_secret: str, token: str = "", token_secret: str = "") -> None:
@@ -2992,7 +2972,6 @@ def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Cal
 
 class XClient:
     """Signs and sends one request at a time; never retries by itself."""
-
     def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
                  opener: Optional[Callable[[Any, float], Any]] = None, clock: Callable[[], float] = time.time,
                  nonce: Callable[[], str] = new_nonce, timeout: float = HTTP_TIMEOUT,
@@ -3073,7 +3052,6 @@ def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Matc
 
 class ActionRunner:
     """Runs a rule's actions for one matched line."""
-
     def __init__(self, out: Any, *, dry_run: bool = False, daemon: bool = False, hostname: str = "",
                  outbox: Optional[Outbox] = None, on_enqueue: Callable[[], None] = lambda: None,
                  state: Optional[Dict[str, Any]] = None, state_lock: Optional[threading.RLock] = None,
@@ -3270,7 +3248,6 @@ class ActionRunner:
 
 class PipeWriter:
     """A keep_open child fed by its own thread through a bounded queue: a stalled reader never blocks us (issue 9)."""
-
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
         self.full_since: Optional[float] = None
@@ -3354,7 +3331,6 @@ def daemonize() -> int:
 
 class App:
     """One run of the watcher: config, state, outbox, sender, input."""
-
     def __init__(self, opts: argparse.Namespace, env: Dict[str, str], out: Any = None) -> None:
         # absolute paths: a daemon changes to / before it opens anything
         for name in ("config_file", "examine", "pid_file", "script_dir", "state_file", "log_file",
@@ -3943,6 +3919,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     journal = journal_wanted(opts)
     if journal:
         out.write("source: the systemd journal%s\n" % (" in " + opts.journal_dir if opts.journal_dir else ""))
+        problems += [p for p in [journal_problem(opts.journal_dir)] if p]
     elif not (opts.examine or opts.read_pipe or opts.omprog):
         out.write("source: %s\n" % ", ".join(default_files(opts)))
         for path in default_files(opts):            # -t's files, else the default one
@@ -3966,8 +3943,6 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
                     read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-    if journal and journal_problem(opts.journal_dir):
-        problems.append(journal_problem(opts.journal_dir))
     for r in config.rules if not journal else ():
         if any(t.field for t in r.pattern.terms):
             out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
