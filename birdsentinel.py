@@ -86,8 +86,7 @@ Config grammar (swatch 3):
   Perl code (perlcode, Perl variables, custom actions) is refused at load.
 
 Files (in the script dir; none has "swatch" in its name):
-  birdsentinel.state       offsets, journal cursor, counters, user ids, budget
-                           use (JSON)
+  birdsentinel.state       positions, counters, user ids, budget use (JSON)
   birdsentinel.state.lock  held while running: one instance per state file
   birdsentinel.outbox      messages not yet accepted by X (JSON lines)
   birdsentinel.dead        messages X refused for good, with X's reason
@@ -447,6 +446,7 @@ NEGATED_MATCH = re.compile("")
 
 class EntryMatch:
     """A match on a journal entry: the pattern's groups, then the entry's fields for ${FIELD} (a missing one: empty)."""
+
     def __init__(self, m: re.Match, fields: Dict[str, str]) -> None:
         self.m, self.fields = m, fields
 
@@ -1067,6 +1067,7 @@ def fp_length(fp: str) -> int:
 class LineSplitter:
     """Bytes in, complete lines out (as one decoded text block ending in a newline).  Holds a partial last line until
     its newline arrives; keeps only the first MAX_LINE bytes of a longer line."""
+
     def __init__(self, name: str, max_line: int = MAX_LINE) -> None:
         self.name, self.max_line = name, max_line
         self.reset()
@@ -1136,6 +1137,7 @@ class Handle:
 
 class FileTailer:
     """Follows one path across rotations without losing lines."""
+
     def __init__(self, path: str, on_text: Callable[[str], None], saved: Optional[Dict[str, Any]] = None,
                  start_at_end: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.on_text, self.clock, self.saved, self.start_at_end = path, on_text, clock, saved, start_at_end
@@ -1368,6 +1370,7 @@ class FileTailer:
 
 class StreamSource:
     """--examine FILE or --read-pipe CMD, read once to its end: a file MAX_POLL_READ a poll, a pipe what it has."""
+
     def __init__(self, name: str, fd: int, on_text: Callable[[str], None],
                  proc: Optional[subprocess.Popen] = None, max_line: int = MAX_LINE) -> None:
         self.path, self.fd, self.on_text, self.proc = name, fd, on_text, proc
@@ -1438,11 +1441,6 @@ def journal_gap(saved: str, first: str) -> str:
     return "birdsentinel: %d journal entries were vacuumed while birdsentinel was stopped" % lost if lost > 0 else ""
 
 
-def journal_key(directory: Optional[str]) -> str:
-    """Where the state file keeps a journal's cursor."""
-    return "dir:" + directory if directory else "system"
-
-
 def default_files(opts: Any) -> List[str]:
     """The files to follow: -t's, else /var/log/messages or /var/log/syslog."""
     return opts.tail_file or [p for p in ("/var/log/messages", "/var/log/syslog") if os.path.exists(p)][:1]
@@ -1475,16 +1473,16 @@ class JournalSource(StreamSource):
     position is the cursor of the last entry read, committed like a file offset; a journalctl that exits is started
     again from it, with back-off. --journal-match is applied here, not by journalctl: systemd 252 can skip the first
     match after a cursor (systemd#30336)."""
+
     def __init__(self, directory: Optional[str], matches: Sequence[str],
                  on_entry: Callable[[str, Dict[str, str], Optional[str]], None],
-                 on_gap: Callable[[str], None], saved: Optional[Dict[str, Any]], follow: bool = True) -> None:
-        self.key = journal_key(directory)
+                 on_gap: Callable[[str], None], positions: Dict[str, Any], follow: bool = True) -> None:
+        self.key = "dir:" + directory if directory else "system"       # its name in the state file
         self.directory, self.on_entry, self.on_gap, self.follow = directory, on_entry, on_gap, follow
-        self.matches: Dict[str, set] = {}
-        for m in matches:
-            name, _, value = m.partition("=")
-            self.matches.setdefault(name, set()).add(value)
-        saved = saved or {}
+        self.matches: Dict[str, set] = collections.defaultdict(set)
+        for name, _, value in (m.partition("=") for m in matches):
+            self.matches[name].add(value)
+        saved = positions.get(self.key) if isinstance(positions.get(self.key), dict) else {}  # cursor, start time
         self.cursor: Optional[str] = saved.get("cursor") if isinstance(saved.get("cursor"), str) else None
         self.since = saved.get("since") if self.cursor is None else None
         self.first = self.cursor                    # a restart compares it with the first entry read
@@ -1571,6 +1569,7 @@ class OmprogSource(StreamSource):
     """--omprog: rsyslog's omprog writes one message a line on our stdin and, with confirmMessages="on", waits for a
     line on our stdout: "OK" once the message is handled and durable (after the commit), anything else to keep it and
     send it again later (the outbox is full, or the state cannot be written).  EOF: rsyslog stopped."""
+
     def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
                  room: Callable[[], bool]) -> None:
         super().__init__("standard input (omprog)", 0, self.take)
@@ -1594,9 +1593,6 @@ class OmprogSource(StreamSource):
         self.answers = []
         with contextlib.suppress(OSError):
             os.write(1, out)
-
-    def close(self) -> None:
-        pass                                        # stdin is not ours to close
 
 
 class Inotify:
@@ -1849,6 +1845,7 @@ def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], b
 
 class Sentinel:
     """Applies the rules to lines: first match wins unless 'continue'."""
+
     def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
                  state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
@@ -2071,6 +2068,7 @@ def valid_state(data: Any) -> bool:
 
 class StateStore:
     """The versioned JSON state file: a failed save keeps the old file, is logged once per cause, and is retried."""
+
     def __init__(self, path: str, writer: Callable[[str, bytes], None] = atomic_write) -> None:
         self.path, self.writer = path, writer
         self.failing: Optional[str] = None
@@ -2168,6 +2166,7 @@ class Outbox:
     the dead-letter file).  Bounded: past max_entries or max_bytes of text a new alert is not kept but counted per
     recipient and action (lost), and the count is sent first when room returns.  Appends reach the disk at sync(), once
     a poll, before the offsets that cover them are saved; the sender takes only ids up to `committed` (None: all)."""
+
     def __init__(self, path: str, dead_path: str, fsync: bool = True,
                  max_entries: int = OUTBOX_ENTRIES, max_bytes: int = OUTBOX_BYTES) -> None:
         self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
@@ -2577,6 +2576,7 @@ def would_send(entry: Dict[str, Any], users: Dict[str, Any]) -> str:
 class Deliverer:
     """Drains the outbox in order, within X's limits and the local budget.  step() does at most one send and says how
     long to wait before the next call, so tests drive it with a fake clock."""
+
     def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
                  budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None, monotonic: Callable[[], float] = time.monotonic,
@@ -2972,6 +2972,7 @@ def default_opener(ca_file: Optional[str] = None, loopback: bool = False) -> Cal
 
 class XClient:
     """Signs and sends one request at a time; never retries by itself."""
+
     def __init__(self, creds: Credentials, api_base: str = DEFAULT_API_BASE,
                  opener: Optional[Callable[[Any, float], Any]] = None, clock: Callable[[], float] = time.time,
                  nonce: Callable[[], str] = new_nonce, timeout: float = HTTP_TIMEOUT,
@@ -3052,6 +3053,7 @@ def build_argv(templates: Sequence[Template], line: str, match: Optional[re.Matc
 
 class ActionRunner:
     """Runs a rule's actions for one matched line."""
+
     def __init__(self, out: Any, *, dry_run: bool = False, daemon: bool = False, hostname: str = "",
                  outbox: Optional[Outbox] = None, on_enqueue: Callable[[], None] = lambda: None,
                  state: Optional[Dict[str, Any]] = None, state_lock: Optional[threading.RLock] = None,
@@ -3248,6 +3250,7 @@ class ActionRunner:
 
 class PipeWriter:
     """A keep_open child fed by its own thread through a bounded queue: a stalled reader never blocks us (issue 9)."""
+
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
         self.full_since: Optional[float] = None
@@ -3298,13 +3301,6 @@ def current_user() -> str:
 # One run of the watcher: the loop over the sources, the commit point, signals.
 
 
-def ensure_dir(path: str) -> None:
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StateError("cannot create directory %s: %s" % (path, exc.strerror)) from None
-
-
 def daemonize() -> int:
     """Detach (double fork, setsid).  The launcher waits until the daemon reports 'ok' (pid file written) or an error,
     and exits with it.  Returns the write end of that report pipe, in the daemon."""
@@ -3331,6 +3327,7 @@ def daemonize() -> int:
 
 class App:
     """One run of the watcher: config, state, outbox, sender, input."""
+
     def __init__(self, opts: argparse.Namespace, env: Dict[str, str], out: Any = None) -> None:
         # absolute paths: a daemon changes to / before it opens anything
         for name in ("config_file", "examine", "pid_file", "script_dir", "state_file", "log_file",
@@ -3362,8 +3359,11 @@ class App:
     def open_state(self, persistent: bool, need_outbox: bool, config: Optional[Config] = None) -> None:
         if not (persistent or need_outbox):
             return
-        ensure_dir(os.path.dirname(self.state_path) or ".")
-        ensure_dir(self.script_dir)
+        for directory in (os.path.dirname(self.state_path) or ".", self.script_dir):
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StateError("cannot create directory %s: %s" % (directory, exc.strerror)) from None
         ours = [self.state_path, self.state_path + ".lock"]
         if need_outbox:
             ours += [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)]
@@ -3453,9 +3453,7 @@ class App:
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         self.wake_w = w
 
@@ -3574,8 +3572,8 @@ class App:
             if not opts.journal:
                 LOG.info("neither /var/log/messages nor /var/log/syslog exists: reading the systemd journal")
             with self.state_lock:
-                saved = self.state["journal"].get(journal_key(opts.journal_dir))
-            return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, saved, not opts.once)]
+                return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, self.state["journal"],
+                                      not opts.once)]
         if opts.examine:
             try:
                 return [StreamSource(opts.examine, os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC), on_text)]
