@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """birdsentinel -- real-time log alerts over Twitter/X direct messages.
 
-A swatch-compatible log watcher in one file, Python 3.9+ standard library only.  It follows
-log files, the systemd journal or rsyslog, matches swatch-style rules, throttles, runs actions
-without a shell, and delivers alerts as X direct messages or posts (X API v2, OAuth 1.0a).
+A swatch-compatible log watcher in one file, Python 3.9+ standard library only.
+It follows log files, the systemd journal or rsyslog, matches swatch-style
+rules, throttles, runs actions without a shell, and delivers alerts as X direct
+messages or posts (X API v2, OAuth 1.0a).
 
 Command line usage:
     birdsentinel.py [-c CONFIG] [-t FILE... | --journal | --omprog] [options]
@@ -19,12 +20,10 @@ Input (swatch's flags):
                            /var/log/syslog, else the systemd journal
   -f, --examine FILE       read FILE once from the start, then exit
   -p, --read-pipe "CMD"    read the output of CMD (run as argv, no shell)
-  --journal                follow the systemd journal (journalctl); its
-                           cursor is kept like a file offset
+  --journal                follow the systemd journal, resuming at its cursor
   --journal-dir DIR        read the journal files in DIR (journal-remote)
   --journal-match F=V      only entries whose field F is V (repeatable)
-  --omprog                 read rsyslog omprog's messages on stdin; answer
-                           OK once each is durable (confirmMessages="on")
+  --omprog                 read rsyslog omprog's stdin, answer OK when durable
   --daemon                 detach; log to syslog (or --log-file)
   --pid-file FILE          write the daemon's pid to FILE
   --script-dir DIR         where state, outbox and dead-letter files live
@@ -32,11 +31,9 @@ Input (swatch's flags):
 Our own:
   --once                   read what is new since the last run, act, save, exit
   --state-file FILE        state file (default SCRIPTDIR/birdsentinel.state)
-  --dry-run                print what each action would do; run, send, connect
-                           to and write nothing
-  --check [--online]       check config, layout and credentials; --online: ask
-                           X whose token it is and if each dm recipient can
-                           receive its DMs
+  --dry-run                show what each action would do, and do nothing
+  --check [--online]       check config, layout, credentials; --online: ask X
+                           about the token and each dm recipient
   --log-file FILE          log here instead of stderr/syslog
   -v, --verbose            more log detail (repeat for debug)
   --version, -h/--help
@@ -93,13 +90,13 @@ Files (in the script dir; none has "swatch" in its name):
 
 Signals:
   SIGTERM, SIGINT          finish the current line, save state, exit 0
-  SIGHUP                   reload the config (a bad one keeps the old one
-                           running) and retry delivery now
+  SIGHUP                   reload the config (a bad one is refused), retry X
 
 Exit status:
-  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input missing;
-  70 internal error; 73 cannot create a file; 75 temporary failure (another instance
-  running, X unreachable); 78 configuration or credential error.
+  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input
+  missing or unreadable; 70 internal error; 73 cannot create a file; 75
+  temporary failure (another instance running, X unreachable); 78 configuration
+  or credential error.
 """
 
 from __future__ import annotations
@@ -1518,9 +1515,8 @@ class JournalSource(StreamSource):
             except (ValueError, KeyError, TypeError):
                 LOG.warning("%s: skipped an entry journalctl did not give as JSON (%d bytes)", self.path, len(line))
                 continue
-            if self.first is not None:
-                gap = journal_gap(self.first, cursor) if cursor != self.first else ""
-                self.first = None
+            if self.first is not None:              # the first entry after a restart: is the saved one gone?
+                gap, self.first = journal_gap(self.first, cursor), None
                 if gap:
                     LOG.warning("%s", gap)
                     self.on_gap(gap)
@@ -1548,8 +1544,7 @@ class JournalSource(StreamSource):
                 return got                          # --once: read to the end
             why = "status %d%s" % (rc, ": " + said if said else "")
             delay = min(2.0 ** self.failures, 60.0)
-            self.failures += 1
-            self.done, self.restart_at = False, time.monotonic() + delay
+            self.done, self.restart_at, self.failures = False, time.monotonic() + delay, self.failures + 1
             if why != self.why:
                 LOG.error("journalctl exited (%s): starting it again in %.0f s from the last entry read", why, delay)
                 self.why = why
@@ -1617,14 +1612,6 @@ class Inotify:
             return
         if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
             self.watched[path] = (mask, ident)
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while os.read(self.fd, 65536):
-                pass
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # ==== Matching ===============================================================
@@ -1904,8 +1891,6 @@ class Sentinel:
 
     def is_own_line(self, line: str) -> bool:
         """Our own syslog line, by its header's tag: a user name can hold 'birdsentinel[PID]:' too (issue 10)."""
-        if self.self_tag is None or self.self_tag not in line:
-            return False
         m = SYSLOG_TAG_RE.match(line)
         return m is not None and m.group(2) == self.self_tag
 
@@ -3397,16 +3382,6 @@ class App:
             for key in [k for k in self.state["users"] if k not in wanted]:
                 del self.state["users"][key]
 
-    def start_sender(self, config: Config) -> None:
-        self.forget_other_users(config)
-        if self.outbox is None:
-            return
-        self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock, config.budget,
-                                   on_change=self.state_changed)
-        self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake),
-                                       name="sender", daemon=True)
-        self.sender.start()
-
     def state_changed(self) -> None:
         """The sender changed the state: wake the loop, which saves it."""
         self.dirty = True
@@ -3445,11 +3420,6 @@ class App:
                 self.outbox.committed = committed
                 self.wake.set()
         return ok
-
-    def has_room(self) -> bool:
-        """Whether the outbox can keep a message's alerts (else omprog refuses the message)."""
-        ob = self.outbox
-        return ob is None or (len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes)
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
@@ -3518,8 +3488,12 @@ class App:
                 os.write(report_fd, b"ok")
                 os.close(report_fd)
                 report_fd = None
-            if x_needed:
-                self.start_sender(config)
+            if x_needed and self.outbox is not None:
+                self.forget_other_users(config)
+                self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock,
+                                           config.budget, on_change=self.state_changed)
+                self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake), daemon=True)
+                self.sender.start()
             runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon or opts.omprog,   # stdout: omprog's
                                   outbox=self.outbox, on_enqueue=lambda: None if persistent else self.wake.set(),
                                   state=self.state, state_lock=self.state_lock)
@@ -3563,8 +3537,10 @@ class App:
                      on_gap: Callable[[str], None]) -> List[Any]:
         """--examine FILE, --read-pipe CMD (run as argv), --omprog, the journal, or the files to follow."""
         opts = self.opts
-        if opts.omprog:
-            return [OmprogSource(on_entry, self.has_room)]
+        if opts.omprog:                             # a message whose alerts the outbox cannot keep is refused
+            ob = self.outbox
+            return [OmprogSource(on_entry, lambda: ob is None or (
+                len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes))]
         if journal_wanted(opts):
             problem = journal_problem(opts.journal_dir)
             if problem:
@@ -3666,11 +3642,9 @@ class App:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:
                     ready = []
-                if ino is not None and ino.fd in ready:
-                    ino.drain()
-                if wake_r in ready:
-                    with contextlib.suppress(BlockingIOError, InterruptedError):
-                        while os.read(wake_r, 512):
+                for fd in {wake_r, ino.fd if ino is not None else -1}.intersection(ready):
+                    with contextlib.suppress(BlockingIOError, InterruptedError):     # inotify events, wake-ups: the
+                        while os.read(fd, 65536):                                   # work is the next poll's
                             pass
         finally:
             runner.wait_all(timeout=None if finite else 10)
@@ -3684,7 +3658,7 @@ class App:
             for src in sources:
                 src.close()
             if ino is not None:
-                ino.close()
+                os.close(ino.fd)
             (LOG.debug if self.oneoff else LOG.info)("stopped after %d characters of new lines, %d matches",
                                                sentinel.bytes, sentinel.matches)
         return EX_FAIL if (finite and runner.failures) else EX_OK
