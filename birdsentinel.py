@@ -343,7 +343,8 @@ SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
 SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (\S+) (\S+)")
 # journal fields a template may name (${_HOSTNAME}): not ${HOME}, which would silently be empty
-FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|MESSAGE(?:_ID)?|PRIORITY|ERRNO|CODE_[A-Z]+|SYSLOG_[A-Z]+|T?ID|USER_UNIT|UNIT)$")
+FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|(?:CODE|SYSLOG|CONTAINER|COREDUMP|OBJECT)_[A-Z0-9_]+|MESSAGE(?:_ID)?|PRIORITY"
+                           r"|ERRNO|T?ID|(?:USER_)?(?:UNIT|INVOCATION_ID))$")
 FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 
 
@@ -1484,7 +1485,7 @@ class JournalSource(StreamSource):
         self.since = saved.get("since") if self.cursor is None else None
         self.first = self.cursor                    # a restart compares it with the first entry read
         self.restart_at, self.failures, self.why = 0.0, 0, ""
-        super().__init__("the journal" + (" in " + directory if directory else ""), -1, self.take, None, 1 << 20)
+        super().__init__("the journal" + (" in " + directory if directory else ""), -1, self.take, None, MAX_POLL_READ)
         self.start()
 
     def argv(self) -> List[str]:
@@ -1503,6 +1504,11 @@ class JournalSource(StreamSource):
             self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=self.errors,
                                          stdin=subprocess.DEVNULL, env=child_env(os.environ))
         except OSError as exc:
+            self.errors.close()
+            if self.fd >= 0:                        # a restart (no fork now: EAGAIN, ENOMEM) never ends the watch
+                LOG.error("cannot start journalctl again: %s; trying again in 60 s", exc.strerror)
+                self.restart_at = time.monotonic() + 60.0
+                return
             raise NoInputError("cannot run journalctl: %s" % exc.strerror) from None
         self.fd, self.live, self.done = self.proc.stdout.fileno(), self.follow, False     # type: ignore[union-attr]
         self.splitter.reset()
@@ -1513,7 +1519,8 @@ class JournalSource(StreamSource):
                 entry = json.loads(line)
                 cursor = entry["__CURSOR"]
             except (ValueError, KeyError, TypeError):
-                LOG.warning("%s: skipped an entry journalctl did not give as JSON (%d bytes)", self.path, len(line))
+                LOG.error("%s: skipped an entry of %d bytes or more, too big to read whole (a binary field such as a "
+                          "core dump)", self.path, len(line))
                 continue
             if self.first is not None:              # the first entry after a restart: is the saved one gone?
                 gap, self.first = journal_gap(self.first, cursor), None
@@ -1524,7 +1531,8 @@ class JournalSource(StreamSource):
                 continue                            # --cursor starts with the entry already read
             self.cursor, self.failures = cursor, 0
             fields = {k: field_text(v) for k, v in entry.items() if k != "__CURSOR"}
-            if all(fields.get(name) in values for name, values in self.matches.items()):
+            if all(fields.get(name) in values for name, values in self.matches.items()) and (
+                    self.directory or fields.get("_PID") != str(os.getpid())):     # our stdout under systemd: no loop
                 self.on_entry(entry_line(fields), fields, fields.get("_HOSTNAME"))
 
     def poll(self) -> int:
@@ -1566,19 +1574,20 @@ class OmprogSource(StreamSource):
     send it again later (the outbox is full, or the state cannot be written).  EOF: rsyslog stopped."""
 
     def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
-                 room: Callable[[], bool]) -> None:
+                 outbox: Optional["Outbox"]) -> None:
         super().__init__("standard input (omprog)", 0, self.take)
-        self.live, self.on_entry, self.room = True, on_entry, room
+        self.live, self.on_entry, self.outbox = True, on_entry, outbox
         self.answers: List[bool] = []               # per message read since the last commit: accepted
         os.write(1, b"OK\n")                        # ready: state, lock and sender are set up
 
     def take(self, text: str) -> None:
+        ob = self.outbox                            # a message is refused, not counted, when it may not fit
         for line in text.split("\n")[:-1]:
-            ok = self.room()
+            ok = ob is None or not ob.full and len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes
             if ok:
                 m = SYSLOG_TAG_RE.match(line)
                 self.on_entry(line, None, m.group(1) if m else None)
-            self.answers.append(ok)
+            self.answers.append(ok and not (ob is not None and ob.full))    # one of its alerts not kept: again
 
     def answer(self, committed: bool) -> None:
         """After the commit: one answer per message, in order."""
@@ -2582,7 +2591,6 @@ class Deliverer:
         """SIGHUP: retry now what waits for credentials or a back-off."""
         self.retry_at = self.auth_until = -1e18
 
-    # -- helpers ---------------------------------------------------------
     def _blocked_for(self, kind: str, now: float) -> float:
         """Seconds `kind` must still wait for X's reset.  The deadline is kept on the monotonic clock, so a wall clock
         that jumps does not stretch or cut it; the state file keeps the wall time for restarts."""
@@ -2667,7 +2675,6 @@ class Deliverer:
             LOG.warning("delivery failed: %s; retry %d in %.0f s (%d waiting)",
                         why, self.attempts, delay, len(self.outbox))
 
-    # -- one step --------------------------------------------------------
     def step(self) -> float:
         """Send at most one message (or digest).  Returns seconds to wait."""
         now = self.clock()
@@ -3057,7 +3064,6 @@ class ActionRunner:
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
         self.child_env = child_env(os.environ)
 
-    # -- the actions -----------------------------------------------------
     def run(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
         if action.when is not None and not action.when.allows(self.clock()):
             return
@@ -3149,7 +3155,6 @@ class ActionRunner:
         self.enqueued += 1
         self.on_enqueue()
 
-    # -- children --------------------------------------------------------
     def _popen(self, argv: List[str], stdin: int) -> subprocess.Popen:
         out = subprocess.DEVNULL if self.daemon else None
         return subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=out, close_fds=True, env=self.child_env)
@@ -3537,10 +3542,8 @@ class App:
                      on_gap: Callable[[str], None]) -> List[Any]:
         """--examine FILE, --read-pipe CMD (run as argv), --omprog, the journal, or the files to follow."""
         opts = self.opts
-        if opts.omprog:                             # a message whose alerts the outbox cannot keep is refused
-            ob = self.outbox
-            return [OmprogSource(on_entry, lambda: ob is None or (
-                len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes))]
+        if opts.omprog:
+            return [OmprogSource(on_entry, self.outbox)]
         if journal_wanted(opts):
             problem = journal_problem(opts.journal_dir)
             if problem:
