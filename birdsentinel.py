@@ -1922,7 +1922,7 @@ class Sentinel:
             elif check is not None:
                 lits, ci = check
                 if ci and folded is None:
-                    folded = line.casefold().replace("\u0131", "i")
+                    folded = line.casefold().replace("\u0131", "i").replace("i\u0307", "i")     # dotless and dotted I
                 hay = folded if ci else line
                 if not any(lit in hay for lit in lits):
                     continue                        # cannot match: skip the regex
