@@ -190,8 +190,7 @@ AUTH_RETRY = 900.0            # after a 401: retry this often (and at SIGHUP)
 HTTP_TIMEOUT = 15.0
 USER_ID_RE = re.compile(r"^[0-9]{1,19}$")          # X's ids, before any use in a URL or cache
 HANDLE_RE = re.compile(r"^@?[A-Za-z0-9_]{1,15}$")
-# a 403 that is about the account, not the message: the balance, the tier
-# or the app's project (x-api-facts.md, 'Out of credits' and 'Do they still work?')
+# 403 about the account, not a message: balance, tier, project (x-api-facts.md 'Out of credits', 'Do they still work?')
 ACCOUNT_403_RE = re.compile(r"(?i)credit|payment|billing|spend|access to a subset|attached to a project"
                             r"|client-not-enrolled")
 
@@ -343,8 +342,8 @@ SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
 SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (\S+) (\S+)")
 # journal fields a template may name (${_HOSTNAME}): not ${HOME}, which would silently be empty
-FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|(?:CODE|SYSLOG|CONTAINER|COREDUMP|OBJECT)_[A-Z0-9_]+|MESSAGE(?:_ID)?|PRIORITY"
-                           r"|ERRNO|T?ID|(?:USER_)?(?:UNIT|INVOCATION_ID))$")
+FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|(?:CODE|SYSLOG|CONTAINER|COREDUMP|OBJECT)_[A-Z0-9_]+|MESSAGE(?:_ID)?"
+                           r"|PRIORITY|ERRNO|T?ID|(?:USER_)?(?:UNIT|INVOCATION_ID))$")
 FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
 
 
@@ -1548,9 +1547,11 @@ class JournalSource(StreamSource):
             self.errors.seek(0)
             said = sanitize(self.errors.read()[-300:].decode("utf-8", "replace")).strip()
             self.errors.close()
+            why = "status %d%s" % (rc, ": " + said if said else "")
             if not self.follow and rc == 0:
                 return got                          # --once: read to the end
-            why = "status %d%s" % (rc, ": " + said if said else "")
+            if not self.follow:                     # --once: a cron job must see that nothing was read
+                raise NoInputError("journalctl exited (%s)" % why)
             delay = min(2.0 ** self.failures, 60.0)
             self.done, self.restart_at, self.failures = False, time.monotonic() + delay, self.failures + 1
             if why != self.why:
@@ -3499,7 +3500,7 @@ class App:
                                            config.budget, on_change=self.state_changed)
                 self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake), daemon=True)
                 self.sender.start()
-            runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon or opts.omprog,   # stdout: omprog's
+            runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon or opts.omprog,  # stdout: protocol
                                   outbox=self.outbox, on_enqueue=lambda: None if persistent else self.wake.set(),
                                   state=self.state, state_lock=self.state_lock)
             sentinel = Sentinel(config, runner, self.state, self.state_lock)

@@ -77,3 +77,22 @@ def test_a_journalctl_that_cannot_be_started_again_does_not_end_the_watch(tmp_pa
         if src.proc is not None:
             src.proc.kill()
             src.proc.wait()
+
+
+def test_once_over_the_journal_fails_when_journalctl_fails(tmp_path, script, env):
+    """A cron job's `--once --journal-dir` must not exit 0 when journalctl read nothing: here it refuses the
+    saved cursor (made unreadable on purpose), and birdsentinel exits 66."""
+    conf = tmp_path / "rules.conf"
+    conf.write_text("watchfor /x/\n  echo\n")
+    sd = tmp_path / "sd"
+    sd.mkdir(mode=0o700)
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    state = bs.new_state()
+    state["journal"]["dir:%s" % jdir] = {"cursor": "not-a-cursor"}
+    (sd / bs.STATE_NAME).write_text(json.dumps(state))
+    os.chmod(sd / bs.STATE_NAME, 0o600)
+    r = subprocess.run([sys.executable, script, "-c", str(conf), "--once", "--journal-dir", str(jdir),
+                        "--script-dir", str(sd)], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == bs.EX_NOINPUT, (r.returncode, r.stderr)
+    assert "journalctl exited (status 1" in r.stderr
