@@ -207,3 +207,12 @@ def stop_processes(procs, timeout=10.0):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=5)
+
+
+def alive(pid):
+    """The process runs (not gone, not a zombie)."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -28,6 +28,8 @@ import sys
 import time
 import uuid
 
+from fakes import alive
+
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 JOURNALCTL = "journalctl"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -179,15 +181,6 @@ def cmdline(pid):
             return [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
     except OSError:
         return []
-
-
-def alive(pid):
-    """Running and not a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class JDaemon:

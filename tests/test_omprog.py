@@ -40,7 +40,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import print_figures, read_text, wait_until
+from fakes import alive, print_figures, read_text, wait_until
 from fakex import FakeX, write_creds
 
 CK, CS, AT, ATS = "ck-omprog", "cs-omprog-SECRET", "999-at-omprog", "ats-omprog-SECRET"
@@ -154,15 +154,6 @@ def write_conf(tmp_path, text):
 def bs_argv(script, conf, sd, tw, fx):
     return [sys.executable, script, "--omprog", "-c", conf, "--script-dir", sd,
             "--twitter-dir", tw, "--api-base", fx.base_url]
-
-
-def proc_alive(pid):
-    """Running (not gone, not a zombie)."""
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def proc_cmdline(pid):
@@ -452,7 +443,7 @@ class Rsyslog:
     def current(self):
         """The pid of the program instance that is running now (None: none)."""
         pids = self.program_pids()
-        if pids and proc_alive(pids[-1]) and self.marker in proc_cmdline(pids[-1]):
+        if pids and alive(pids[-1]) and self.marker in proc_cmdline(pids[-1]):
             return pids[-1]
         return None
 
@@ -491,7 +482,7 @@ class Rsyslog:
             self.proc.kill()
             self.proc.wait(timeout=10)
         for pid in self.program_pids():                     # what rsyslogd left running
-            if proc_alive(pid) and self.marker in proc_cmdline(pid):
+            if alive(pid) and self.marker in proc_cmdline(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -620,7 +611,7 @@ def test_rsyslog_1000_messages_5_sigkills_none_lost_at_most_one_duplicate_per_ki
                         way = "at-dm-fallback-timed"
             if way != "at-dm-accepted":
                 time.sleep(rng.uniform(0.15, 0.9))
-                assert proc_alive(pid) and r.marker in proc_cmdline(pid), "instance %d ended by itself\n%s" % (
+                assert alive(pid) and r.marker in proc_cmdline(pid), "instance %d ended by itself\n%s" % (
                     pid, r.diag())
                 os.kill(pid, signal.SIGKILL)
                 kill_wall.append(time.time())
