@@ -1843,9 +1843,9 @@ def sweep(table: "collections.OrderedDict[str, Any]", expired: Callable[[Any], b
 class Sentinel:
     """Applies the rules to lines: first match wins unless 'continue'."""
 
-    def __init__(self, config: Config, runner: ActionRunner, state: Dict[str, Any],
-                 state_lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
-        self.runner, self.state, self.lock, self.clock = runner, state, state_lock, clock
+    def __init__(self, config: Config, runner: ActionRunner, counters: Optional[Counters] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.runner, self.counters, self.clock = runner, counters or Counters(), clock
         self.self_tag: Optional[str] = None
         self.bytes = self.matches = 0     # characters of complete lines seen, lines matched
         self.quit = False
@@ -1860,15 +1860,14 @@ class Sentinel:
                       for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
         idents = {r.ident for r in config.rules}
-        with self.lock:                             # counters of rules that are gone go too
-            for tables in (self.state["thresholds"], self.state["throttles"]):
-                for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
-                    del tables[ident]
+        for tables in (self.counters.thresholds, self.counters.throttles):     # counters of rules that are gone go too
+            for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
+                del tables[ident]
 
     def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
         """The rule's counters of `kind`, swept; None when `key` is new and the table is full: new keys go untracked,
         and the rule's actions say so once an hour (an attacker can make us louder, not quieter)."""
-        tables = self.state[kind]
+        tables = getattr(self.counters, kind)
         table = tables.get(rule.ident)
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
             table = tables[rule.ident] = collections.OrderedDict(
@@ -1950,23 +1949,22 @@ class Sentinel:
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
         now = self.clock()
-        with self.lock:
-            if rule.threshold is not None:
-                key = bounded_key(rule.threshold.track_by.expand(line, m))
-                table = self.table("thresholds", rule, key, now)
-                if table is None:
-                    return False, ""
-                fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-                if not fire:
-                    return False, ""
-            if rule.throttle is None:
-                return True, ""
-            key = bounded_key(throttle_key(rule.throttle, line, m))
-            table = self.table("throttles", rule, key, now)
+        if rule.threshold is not None:
+            key = bounded_key(rule.threshold.track_by.expand(line, m))
+            table = self.table("thresholds", rule, key, now)
             if table is None:
                 return False, ""
-            fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-            return fire, suffix
+            fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
+            if not fire:
+                return False, ""
+        if rule.throttle is None:
+            return True, ""
+        key = bounded_key(throttle_key(rule.throttle, line, m))
+        table = self.table("throttles", rule, key, now)
+        if table is None:
+            return False, ""
+        fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
+        return fire, suffix
 
 
 # ==== State and outbox =======================================================
@@ -2049,16 +2047,60 @@ def remove_stale_temp_files(directory: str) -> None:
             os.unlink(path)
 
 
-def new_state() -> Dict[str, Any]:
-    return {"version": STATE_VERSION, "files": {}, "journal": {}, "thresholds": {}, "throttles": {},
-            "users": {}, "sent": {"dm": [], "tweet": []}, "spend": [],
-            "blocked_until": {}, "tweet_seq": 0}
+@dataclass
+class Counters:
+    """Rule counters, owned by the Sentinel (main thread): rule ident -> key -> threshold bucket or throttle record."""
+    thresholds: Dict[str, Any] = field(default_factory=dict)
+    throttles: Dict[str, Any] = field(default_factory=dict)
 
 
-def valid_state(data: Any) -> bool:
-    return isinstance(data, dict) and data.get("version") == STATE_VERSION and all(
-        isinstance(data.get(k), dict) for k in ("files", "thresholds", "throttles", "users")) and isinstance(
-        data.get("journal", {}), dict)
+@dataclass
+class DeliveryState:
+    """What the sender keeps across restarts, owned by the Deliverer, whose thread changes it under `lock` while the
+    loop saves it: the wall time each kind's X block ends, send times and spend in the budget windows, user ids."""
+    blocked_until: Dict[str, float] = field(default_factory=dict)
+    sent: Dict[str, List[float]] = field(default_factory=dict)
+    spend: List[List[float]] = field(default_factory=list)
+    users: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.RLock()
+
+
+@dataclass
+class State:
+    """The state file.  Positions (and the highest outbox id they cover) are written by the runtime's commit point
+    only, counters by the Sentinel, delivery by the Deliverer; StateStore only loads, checks and writes them."""
+    files: Dict[str, Dict[str, Any]] = field(default_factory=dict)      # path -> dev, ino, fp, offset
+    journal: Dict[str, Dict[str, Any]] = field(default_factory=dict)    # "system" or "dir:PATH" -> cursor or since
+    outbox_committed: Optional[int] = None
+    counters: Counters = field(default_factory=Counters)
+    delivery: DeliveryState = field(default_factory=DeliveryState)
+
+
+def state_fields(cls: Any, data: Dict[str, Any]) -> Any:
+    """cls (State or a part of it) from the state file's flat object: each field the value of its name, of its
+    default's type (ValueError names one that is not), or the default when missing."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default   # type: ignore
+        if dataclasses.is_dataclass(default):
+            values[f.name] = state_fields(type(default), data)
+        elif f.name in data:
+            value, want = data[f.name], type(default)
+            if not (isinstance(value, want) or default is None and isinstance(value, int)):      # Optional[int]
+                raise ValueError("its %s is not a %s" % (f.name, "number" if default is None else want.__name__))
+            values[f.name] = value
+    return cls(**values)
+
+
+def state_object(part: Any) -> Dict[str, Any]:
+    """The flat JSON object of State or a part of it (the inverse of state_fields)."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        out.update(state_object(value) if dataclasses.is_dataclass(value) else {f.name: value})
+    return out
 
 
 class StateStore:
@@ -2068,29 +2110,31 @@ class StateStore:
         self.path, self.writer = path, writer
         self.failing: Optional[str] = None
 
-    def load(self) -> Tuple[Dict[str, Any], bool]:
+    def load(self) -> Tuple[State, bool]:
         """(state, found): a new state when the file is missing or corrupt (logged, and kept aside as FILE.corrupt)."""
         try:
             with os.fdopen(open_ours(self.path, os.O_RDONLY), "rb") as fh:
                 raw = fh.read()
         except FileNotFoundError:
-            return new_state(), False
+            return State(), False
         except OSError as exc:
             raise StateError("cannot read state file %s: %s" % (self.path, exc.strerror)) from None
         try:
             data = json.loads(raw.decode("utf-8"))
-            if not valid_state(data):
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
                 raise ValueError("not a version %d state" % STATE_VERSION)
+            return state_fields(State, data), True
         except (ValueError, UnicodeDecodeError) as exc:
             LOG.error("state file %s is corrupt (%s): each file restarts from its end; "
                       "the bad copy is kept as %s.corrupt", self.path, str(exc)[:80], self.path)
             with contextlib.suppress(OSError):
                 os.replace(self.path, self.path + ".corrupt")
-            return new_state(), False
-        return {**new_state(), **data}, True
+            return State(), False
 
-    def save(self, state: Dict[str, Any]) -> bool:
-        data = json.dumps(state, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    def save(self, state: State) -> bool:
+        with state.delivery.lock:                   # the sender may be changing it
+            data = json.dumps({"version": STATE_VERSION, **state_object(state)}, separators=(",", ":"), sort_keys=True)
+        data = data.encode("utf-8")
         try:
             self.writer(self.path, data)
         except OSError as exc:
@@ -2550,8 +2594,13 @@ def entry_parts(entry: Dict[str, Any]) -> List[str]:
     text = defang(entry["text"]) if entry.get("defang", True) else entry["text"]
     if len(text) > TWEET_MAX_TEXT:                  # a flood of posts helps nobody
         text = text[:TWEET_MAX_TEXT] + "\u2026[cut]"
-    tag = " [#%d]" % int(entry.get("seq", 0))
+    tag = post_tag(entry)
     return [p + tag for p in split_message(text, TWEET_MAX_WEIGHT - tweet_weight(tag), tweet_weight)]
+
+
+def post_tag(entry: Dict[str, Any]) -> str:
+    """' [#N]' that makes a post unique: the outbox id (never reused: ids only grow, across restarts too)."""
+    return " [#%d]" % int(entry.get("seq") or entry.get("id", 0))
 
 
 def dm_hint(to: str, sender: str) -> str:
@@ -2572,11 +2621,11 @@ class Deliverer:
     """Drains the outbox in order, within X's limits and the local budget.  step() does at most one send and says how
     long to wait before the next call, so tests drive it with a fake clock."""
 
-    def __init__(self, outbox: Outbox, client: Optional[XClient], state: Dict[str, Any], state_lock: threading.RLock,
+    def __init__(self, outbox: Outbox, client: Optional[XClient], state: DeliveryState,
                  budget: Dict[str, Optional[float]], clock: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None, monotonic: Callable[[], float] = time.monotonic,
                  on_change: Callable[[], None] = lambda: None) -> None:
-        self.outbox, self.client, self.state, self.lock, self.budget = outbox, client, state, state_lock, budget
+        self.outbox, self.client, self.state, self.lock, self.budget = outbox, client, state, state.lock, budget
         self.on_change = on_change      # the state changed: it reaches the disk within a second
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
@@ -2592,12 +2641,19 @@ class Deliverer:
         """SIGHUP: retry now what waits for credentials or a back-off."""
         self.retry_at = self.auth_until = -1e18
 
+    def forget_users(self, config: Config) -> None:
+        """Cached user ids only for the handles the config names now."""
+        wanted = {to.lower() if to else "@me" for to in dm_recipients(config)}
+        with self.lock:
+            for key in [k for k in self.state.users if k not in wanted]:
+                del self.state.users[key]
+
     def _blocked_for(self, kind: str, now: float) -> float:
         """Seconds `kind` must still wait for X's reset.  The deadline is kept on the monotonic clock, so a wall clock
         that jumps does not stretch or cut it; the state file keeps the wall time for restarts."""
         mono = self.monotonic()
         if kind not in self.block_mono:
-            until = float(self.state["blocked_until"].get(kind, 0.0))
+            until = float(self.state.blocked_until.get(kind, 0.0))
             self.block_mono[kind] = mono + max(0.0, min(until - now, WINDOW_DAY + 60.0))
         return max(0.0, self.block_mono[kind] - mono)
 
@@ -2608,7 +2664,7 @@ class Deliverer:
             return to
         key = to.lower() if to else "@me"
         with self.lock:
-            cached = self.state["users"].get(key)
+            cached = self.state.users.get(key)
         if cached and USER_ID_RE.match(str(cached)):
             return str(cached)
         assert self.client is not None
@@ -2624,7 +2680,7 @@ class Deliverer:
             return None
         uid = str(user["id"])
         with self.lock:
-            self.state["users"][key] = uid
+            self.state.users[key] = uid
         self.on_change()
         LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
         return uid
@@ -2641,7 +2697,7 @@ class Deliverer:
         until = rate_limit_until(resp.headers, now, cls == "rate")
         if until is not None:
             with self.lock:
-                self.state["blocked_until"][entry["kind"]] = until
+                self.state.blocked_until[entry["kind"]] = until
             self.block_mono[entry["kind"]] = self.monotonic() + (until - now)
             self.on_change()
         if cls == "ok":
@@ -2697,10 +2753,10 @@ class Deliverer:
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
                 # stamps in the future (the wall clock went back) become now, once, so they age out within their window
-                sent = self.state["sent"][kind]
+                sent = self.state.sent.setdefault(kind, [])
                 sent[:] = [min(t, now) for t in sent]
-                self.state["spend"] = [[min(t, now), u] for t, u in self.state["spend"]]
-                allowed, free_at = budget_allowance(self.budget, kind, sent, self.state["spend"], now, price)
+                self.state.spend = [[min(t, now), u] for t, u in self.state.spend]
+                allowed, free_at = budget_allowance(self.budget, kind, sent, self.state.spend, now, price)
             if allowed <= 0:
                 if self.held_logged.get(kind) != free_at:
                     LOG.warning("budget: holding %d %s alert(s) until %s; the first message then summarizes them",
@@ -2736,7 +2792,7 @@ class Deliverer:
             lines = [defang(e["text"]) if defang_urls else e["text"] for e in same]
             text, used = digest_text(kind, lines, same[0]["t"], TWEET_MAX_WEIGHT - 16 if kind == "tweet" else None)
             if kind == "tweet":
-                text = "%s [#%d]" % (text, int(entry.get("seq", 0)))
+                text += post_tag(entry)
             batch, parts = same[:used], [text]
             LOG.warning("budget: sending a digest of %d held %s alert(s) (%d carried in full)",
                         len(same), kind, len(batch))
@@ -2765,11 +2821,11 @@ class Deliverer:
 
     def _record(self, kind: str, text: str, now: float) -> None:
         with self.lock:
-            sent = self.state["sent"][kind]
+            sent = self.state.sent.setdefault(kind, [])
             sent.append(now)
             del sent[:-int(max(self.budget.get(kind + "_per_day") or 0, 100) + 1)]
-            self.state["spend"].append([now, message_price(kind, text)])
-            self.state["spend"] = [s for s in self.state["spend"] if s[0] > now - WINDOW_DAY]
+            self.state.spend.append([now, message_price(kind, text)])
+            self.state.spend = [s for s in self.state.spend if s[0] > now - WINDOW_DAY]
         self.on_change()
 
     def run(self, stop: threading.Event, wake: threading.Event) -> None:
@@ -3049,13 +3105,12 @@ class ActionRunner:
 
     def __init__(self, out: Any, *, dry_run: bool = False, daemon: bool = False, hostname: str = "",
                  outbox: Optional[Outbox] = None, on_enqueue: Callable[[], None] = lambda: None,
-                 state: Optional[Dict[str, Any]] = None, state_lock: Optional[threading.RLock] = None,
+                 users: Optional[Dict[str, str]] = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.out, self.dry_run, self.daemon = out, dry_run, daemon
         self.hostname = hostname or socket.gethostname().split(".")[0]
         self.outbox, self.on_enqueue = outbox, on_enqueue
-        self.state = state if state is not None else new_state()
-        self.state_lock = state_lock or threading.RLock()
+        self.users = users or {}                    # user ids a dry run can name (no sender runs then)
         self.clock, self.monotonic = clock, monotonic
         self.children: List[Tuple[subprocess.Popen, str, float]] = []     # (child, what it runs, monotonic start)
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
@@ -3141,16 +3196,10 @@ class ActionRunner:
 
     def enqueue(self, kind: str, to: str, message: str, action: Action) -> None:
         text = format_alert(self.origin or self.hostname, message)
-        extra: Dict[str, Any] = {}
-        if kind == "tweet":
-            with self.state_lock:
-                seq = int(self.state.get("tweet_seq", 0)) + 1
-                self.state["tweet_seq"] = seq
-            extra = {"seq": seq, "defang": action.defang}
+        extra = {"defang": action.defang} if kind == "tweet" else {}
         if self.dry_run or self.outbox is None:
-            with self.state_lock:
-                printed = would_send({"kind": kind, "to": to, "text": text, **extra}, self.state["users"])
-            self.write_out(printed)
+            self.enqueued += 1
+            self.write_out(would_send({"kind": kind, "to": to, "text": text, "id": self.enqueued, **extra}, self.users))
             return
         self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
         self.enqueued += 1
@@ -3331,7 +3380,6 @@ class App:
         self.script_dir = opts.script_dir or default_script_dir(env)
         self.state_path = opts.state_file or os.path.join(self.script_dir, STATE_NAME)
         self.config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
-        self.state_lock = threading.RLock()
         self.stop, self.wake = threading.Event(), threading.Event()
         self.hup = self.dirty = False
         self.lock_fd: Optional[int] = None
@@ -3339,7 +3387,7 @@ class App:
         self.deliverer: Optional[Deliverer] = None
         self.outbox: Optional[Outbox] = None
         self.store: Optional[StateStore] = None
-        self.state = new_state()
+        self.state = State()
         self.last_save = 0.0
         self.oneoff = bool(opts.examine or opts.read_pipe)      # read once: no position, counters of its own
 
@@ -3371,7 +3419,7 @@ class App:
         if need_outbox:
             self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME),
                                  **(config.outbox if config else {}))
-            self.outbox.load(self.state.get("outbox_committed"))
+            self.outbox.load(self.state.outbox_committed)
             self.outbox.born_committed = not persistent     # a one-off pass reads nothing again
 
     def make_client(self) -> Optional[XClient]:
@@ -3380,13 +3428,6 @@ class App:
         except BirdError as exc:
             LOG.error("%s; alerts for X wait in the outbox until this is fixed (then SIGHUP)", exc)
             return None
-
-    def forget_other_users(self, config: Config) -> None:
-        """Cached user ids only for the handles the config names now."""
-        wanted = {to.lower() if to else "@me" for to in dm_recipients(config)}
-        with self.state_lock:
-            for key in [k for k in self.state["users"] if k not in wanted]:
-                del self.state["users"][key]
 
     def state_changed(self) -> None:
         """The sender changed the state: wake the loop, which saves it."""
@@ -3409,16 +3450,15 @@ class App:
                 self.outbox.retry()
             if not self.outbox.durable:
                 return False                # positions wait until the alerts are safe
-        with self.state_lock:
-            for s in sources:
-                if isinstance(s, JournalSource):
-                    self.state["journal"][s.key] = s.snapshot()
-                elif isinstance(s, FileTailer):
-                    self.state["files"][s.path] = s.snapshot()
-            if self.outbox is not None:
-                self.state["outbox_committed"] = self.outbox.next_id - 1
-            committed = self.state.get("outbox_committed")
-            ok = self.store.save(self.state)
+        for s in sources:
+            if isinstance(s, JournalSource):
+                self.state.journal[s.key] = s.snapshot()
+            elif isinstance(s, FileTailer):
+                self.state.files[s.path] = s.snapshot()
+        if self.outbox is not None:
+            self.state.outbox_committed = self.outbox.next_id - 1
+        committed = self.state.outbox_committed
+        ok = self.store.save(self.state)
         if ok:
             self.dirty = False
             self.last_save = now
@@ -3457,9 +3497,9 @@ class App:
             return
         runner.close()
         sentinel.set_config(config)
-        self.forget_other_users(config)
         if self.deliverer is not None:
             self.deliverer.budget = config.budget
+            self.deliverer.forget_users(config)
             client = self.make_client()           # new tokens after --authorize
             if client is not None:
                 self.deliverer.client = client
@@ -3495,15 +3535,15 @@ class App:
                 os.close(report_fd)
                 report_fd = None
             if x_needed and self.outbox is not None:
-                self.forget_other_users(config)
-                self.deliverer = Deliverer(self.outbox, self.make_client(), self.state, self.state_lock,
-                                           config.budget, on_change=self.state_changed)
+                self.deliverer = Deliverer(self.outbox, self.make_client(), self.state.delivery, config.budget,
+                                           on_change=self.state_changed)
+                self.deliverer.forget_users(config)
                 self.sender = threading.Thread(target=self.deliverer.run, args=(self.stop, self.wake), daemon=True)
                 self.sender.start()
             runner = ActionRunner(self.out, dry_run=opts.dry_run, daemon=opts.daemon or opts.omprog,  # stdout: protocol
                                   outbox=self.outbox, on_enqueue=lambda: None if persistent else self.wake.set(),
-                                  state=self.state, state_lock=self.state_lock)
-            sentinel = Sentinel(config, runner, self.state, self.state_lock)
+                                  users=self.state.delivery.users)
+            sentinel = Sentinel(config, runner, Counters() if self.oneoff else self.state.counters)  # one-off: its own
             if syslog:                          # our own syslog lines must not trigger rules
                 sentinel.self_tag = "birdsentinel[%d]:" % os.getpid()
             return self.run_sources(sentinel, runner, wake_r)
@@ -3551,9 +3591,8 @@ class App:
                 raise NoInputError(problem)
             if not opts.journal:
                 LOG.info("neither /var/log/messages nor /var/log/syslog exists: reading the systemd journal")
-            with self.state_lock:
-                return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, self.state["journal"],
-                                      not opts.once)]
+            return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, self.state.journal,
+                                  not opts.once)]
         if opts.examine:
             try:
                 return [StreamSource(opts.examine, os.open(opts.examine, os.O_RDONLY | os.O_CLOEXEC), on_text)]
@@ -3571,8 +3610,7 @@ class App:
             except OSError as exc:
                 raise NoInputError("cannot run %s: %s" % (argv[0], exc.strerror)) from None
             return [StreamSource(argv[0], proc.stdout.fileno(), on_text, proc)]     # type: ignore[union-attr]
-        with self.state_lock:
-            return [FileTailer(p, on_text, self.state["files"].get(p)) for p in default_files(opts)]
+        return [FileTailer(p, on_text, self.state.files.get(p)) for p in default_files(opts)]
 
     def run_sources(self, sentinel: Sentinel, runner: ActionRunner, wake_r: int) -> int:
         """The one loop: poll every source (a bounded read each), commit, then wait for inotify, a signal or a pipe.
@@ -3599,9 +3637,6 @@ class App:
         files = [s for s in sources if isinstance(s, FileTailer)]
         omprog = sources[0] if isinstance(sources[0], OmprogSource) else None
         finite = opts.once or self.oneoff
-        with self.state_lock:                       # a one-off pass keeps its counters to itself
-            kept = {k: self.state[k] for k in ("thresholds", "throttles")} if self.oneoff else {}
-            self.state.update({k: {} for k in kept})
         ino: Optional[Inotify] = None
         if files:
             try:
@@ -3653,8 +3688,6 @@ class App:
         finally:
             runner.wait_all(timeout=None if finite else 10)
             runner.close()
-            with self.state_lock:
-                self.state.update(kept)
             self.save_state(sources, force=True)        # the commit: then a finite run delivers
             if finite:
                 self.finish_delivery(time.monotonic() + 60)

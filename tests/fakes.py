@@ -216,3 +216,18 @@ def alive(pid):
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def state_json(state=None):
+    """The state file's JSON object for a State, as StateStore.save writes it (for tests that plant one)."""
+    import birdsentinel as bs
+    return {"version": bs.STATE_VERSION, **bs.state_object(state if state is not None else bs.State())}
+
+
+def valid_state(data):
+    """Whether StateStore.load would take this JSON object (and not set it aside as corrupt)."""
+    import birdsentinel as bs
+    try:
+        return isinstance(data, dict) and data.get("version") == bs.STATE_VERSION and bs.state_fields(bs.State, data)
+    except ValueError:
+        return False

@@ -75,10 +75,8 @@ def test_threshold_forward_jump_just_ends_the_window(type_):
 def make_sentinel(conf_text, clock):
     cfg = bs.parse_config("clock.conf", conf_text)
     out = io.StringIO()
-    state = bs.new_state()
-    lock = threading.RLock()
-    runner = bs.ActionRunner(out, hostname="h", state=state, state_lock=lock, clock=clock)
-    return bs.Sentinel(cfg, runner, state, lock, clock=clock), out
+    runner = bs.ActionRunner(out, hostname="h", clock=clock)
+    return bs.Sentinel(cfg, runner, bs.Counters(), clock=clock), out
 
 
 def echoed(out):
@@ -168,11 +166,11 @@ def rig(tmp_path, budget=None, seed=5):
     op = FakeOpener(clock=c)                  # 201 when its script is empty
     outbox = bs.Outbox(str(tmp_path / "ob"), str(tmp_path / "dead"), fsync=False)
     outbox.load()
-    state = bs.new_state()
+    state = bs.DeliveryState()
     client = bs.XClient(bs.Credentials("ck", "cs", "tok", "ts"), "https://api.x.com", opener=op, clock=c.now)
     b = dict(bs.DEFAULT_BUDGET)
     b.update(budget or {})
-    d = bs.Deliverer(outbox, client, state, threading.RLock(), b, clock=c.now,
+    d = bs.Deliverer(outbox, client, state, b, clock=c.now,
                      rng=random.Random(seed), monotonic=c.monotonic)
     return c, op, outbox, state, d
 

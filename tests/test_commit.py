@@ -95,10 +95,9 @@ def test_outbox_entries_above_committed_id_dropped_at_start_up(tmp_path, logs, c
     ob.done([1, 2])
     ids = [r["id"] for r in journal_records(outbox_path) if r.get("op") == "add"]
     assert ids == list(range(1, 13)), "the journal did not get the adds: %r" % ids
-    state = bs.new_state()
-    state["files"][log] = {"dev": 1, "ino": 2, "fp": "0:x", "offset": 0}
-    if committed is not None:
-        state["outbox_committed"] = committed
+    state = bs.State()
+    state.files[log] = {"dev": 1, "ino": 2, "fp": "0:x", "offset": 0}
+    state.outbox_committed = committed
     assert bs.StateStore(state_path).save(state)
 
     app = start_up(log, conf, sdir)
@@ -114,8 +113,8 @@ def test_outbox_entries_above_committed_id_dropped_at_start_up(tmp_path, logs, c
     assert told, "the count of dropped entries (7) is not logged: %r" % logs.messages(logging.INFO)
     # gone from the journal too: a later, higher commit must not bring them back
     assert journal_pending_ids(outbox_path) == [3, 4, 5]
-    state = read_json(state_path)
-    state["outbox_committed"] = 100
+    state = bs.StateStore(state_path).load()[0]
+    state.outbox_committed = 100
     assert bs.StateStore(state_path).save(state)
     again = start_up(log, conf, sdir)
     assert list(again.outbox.entries) == [3, 4, 5]

@@ -41,7 +41,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import print_figures
+from fakes import print_figures, valid_state
 from fakex import FakeX
 
 SEED = 20240611
@@ -275,7 +275,7 @@ def test_sigkill_daemon_delivers_every_alert(tmp_path, script, fakex, daemon_box
             except ValueError as exc:
                 violations.append("%s: state file does not parse: %s (%d bytes)" % (when, exc, len(raw)))
             else:
-                if not bs.valid_state(data):
+                if not valid_state(data):
                     violations.append("%s: state file parses but is not a valid state" % when)
         _pending, bad = journal_pending(outbox_path)
         if bad:
@@ -630,10 +630,9 @@ def test_state_write_killed_at_random_points_leaves_old_or_new(tmp_path, monkeyp
     current = None                           # what is on disk: None = no file yet
     outcomes = {"old": 0, "new": 0}
     for i in range(200):
-        state = bs.new_state()
-        state["files"]["/var/log/x"] = {"dev": 1, "ino": 2, "fp": "0:x", "offset": i}
-        state["users"] = {"@u%d" % j: str(j) for j in range(rng.randrange(0, 60))}   # sizes vary
-        state["tweet_seq"] = i
+        state = bs.State(outbox_committed=i)
+        state.files["/var/log/x"] = {"dev": 1, "ino": 2, "fp": "0:x", "offset": i}
+        state.delivery.users = {"@u%d" % j: str(j) for j in range(rng.randrange(0, 60))}   # sizes vary
         writer.point = rng.choice(DyingAtomicWriter.POINTS + (None,))
         writer.dead = False
         try:
@@ -650,11 +649,11 @@ def test_state_write_killed_at_random_points_leaves_old_or_new(tmp_path, monkeyp
             outcome = "old"
         else:
             assert found
-            outcome = "new" if loaded["tweet_seq"] == i else "old"
+            outcome = "new" if loaded.outbox_committed == i else "old"
             if outcome == "old":
                 assert loaded == current
             else:
-                assert loaded["files"] == state["files"] and loaded["users"] == state["users"]
+                assert loaded == state
         if writer.point in (None, "after-replace"):
             assert outcome == "new", "kill %s: the new state should be committed" % writer.point
         else:
@@ -672,8 +671,7 @@ def test_state_writer_dying_with_partial_temp_file(tmp_path):
     path itself, and load ignores the leftovers."""
     rng = random.Random(SEED + 7)
     path = str(tmp_path / "birdsentinel.state")
-    good = bs.new_state()
-    good["tweet_seq"] = 41
+    good = bs.State(outbox_committed=41)
     assert bs.StateStore(path).save(good)
 
     def dying(p, data):
@@ -684,19 +682,17 @@ def test_state_writer_dying_with_partial_temp_file(tmp_path):
 
     store = bs.StateStore(path, writer=dying)
     for i in range(20):
-        new = bs.new_state()
-        new["tweet_seq"] = 100 + i
+        new = bs.State(outbox_committed=100 + i)
         with pytest.raises(Killed):
             store.save(new)
         loaded, found = bs.StateStore(path).load()
-        assert found and loaded["tweet_seq"] == 41
+        assert found and loaded.outbox_committed == 41
         assert not os.path.exists(path + ".corrupt")
     # the leftovers do not get in the way of the next run's saves
     store = bs.StateStore(path)
-    new = bs.new_state()
-    new["tweet_seq"] = 42
+    new = bs.State(outbox_committed=42)
     assert store.save(new)
-    assert bs.StateStore(path).load()[0]["tweet_seq"] == 42
+    assert bs.StateStore(path).load()[0].outbox_committed == 42
 
 
 SAVER = r"""
@@ -707,9 +703,8 @@ store = bs.StateStore(sys.argv[1])
 i = int(sys.argv[3])
 pad = "x" * 20000                     # a write big enough to be caught mid-way
 while True:
-    st = bs.new_state()
-    st["tweet_seq"] = i
-    st["users"] = {"pad": pad, "seq": str(i)}
+    st = bs.State(outbox_committed=i)
+    st.delivery.users = {"pad": pad, "seq": str(i)}
     if not store.save(st):
         sys.exit(3)
     os.write(1, b"%d\n" % i)
@@ -746,10 +741,10 @@ def test_state_saver_process_sigkilled_mid_write(tmp_path):
         last = acked[-1]
         with open(path, "rb") as fh:
             data = json.loads(fh.read().decode("utf-8"))          # never torn
-        assert bs.valid_state(data)
-        assert data["tweet_seq"] in (last, last + 1), (k, last, data["tweet_seq"])
-        assert data["users"]["seq"] == str(data["tweet_seq"])
-        next_seq = data["tweet_seq"] + 1
+        assert valid_state(data)
+        assert data["outbox_committed"] in (last, last + 1), (k, last, data["outbox_committed"])
+        assert data["users"]["seq"] == str(data["outbox_committed"])
+        next_seq = data["outbox_committed"] + 1
 
 
 # ---- kills during outbox appends ---------------------------------------------

@@ -95,11 +95,11 @@ class Rig:
         self.dead_path = str(tmp_path / "birdsentinel.dead")
         self.outbox = bs.Outbox(self.outbox_path, self.dead_path, fsync=False)
         self.outbox.load()
-        self.state = state if state is not None else bs.new_state()
+        self.state = state if state is not None else bs.DeliveryState()
         self.client = bs.XClient(bs.Credentials(*CREDS), "https://api.x.com", opener=self.x, clock=self.clock)
         b = dict(bs.DEFAULT_BUDGET)
         b.update(budget or {})
-        self.d = bs.Deliverer(self.outbox, self.client, self.state, threading.RLock(), b,
+        self.d = bs.Deliverer(self.outbox, self.client, self.state, b,
                               clock=self.clock, rng=random.Random(7), monotonic=self.clock.monotonic)
 
     def add(self, text, to="1001", kind="dm", **extra):
@@ -543,7 +543,7 @@ def test_budget_money_cap(tmp_path):
     r.run(horizon=T0 + 86000)
     sent = r.x.dm_texts()
     assert len(sent) <= 3
-    assert sum(s[1] for s in r.state["spend"]) <= 0.05 + 1e-9
+    assert sum(s[1] for s in r.state.spend) <= 0.05 + 1e-9
     assert sent[-1].startswith("+")
     for i in range(5):
         assert any("a%d" % i in s for s in sent) or "a%d" % i in [e["text"] for e in r.outbox.pending()]
@@ -557,7 +557,7 @@ def test_handle_resolved_once_and_cached(tmp_path):
     assert len(r.x.lookups()) == 1
     assert r.x.lookups()[0]["path"] == "/2/users/by/username/Alice"
     assert all(c["path"] == "/2/dm_conversations/with/1001/messages" for c in r.x.sends())
-    assert r.state["users"] == {"@alice": "1001"}
+    assert r.state.users == {"@alice": "1001"}
     # a restart with the saved state asks no more
     again = tmp_path / "again"
     again.mkdir()
@@ -592,8 +592,7 @@ def test_lookup_transient_failure_retries_not_dead(rig):
 
 
 def _runner(rig, hostname="h"):
-    return bs.ActionRunner(io.StringIO(), hostname=hostname, outbox=rig.outbox, state=rig.state,
-                           state_lock=threading.RLock(), clock=rig.clock)
+    return bs.ActionRunner(io.StringIO(), hostname=hostname, outbox=rig.outbox, clock=rig.clock)
 
 
 def test_tweets_unique_and_defanged(rig):
@@ -615,7 +614,7 @@ def test_tweets_unique_and_defanged(rig):
         assert "hxxp[:]//evil[.]example[.]com" in p
     assert "http://example.com/ok" in posts[2]
     # a defanged post costs the plain price
-    assert [s[1] for s in rig.state["spend"]] == [0.015, 0.015, 0.20]
+    assert [s[1] for s in rig.state.spend] == [0.015, 0.015, 0.20]
 
 
 def test_defanged_post_is_budgeted_at_plain_price(tmp_path):
@@ -627,7 +626,7 @@ def test_defanged_post_is_budgeted_at_plain_price(tmp_path):
     runner.enqueue("tweet", "", "plain alert behind it", act)
     r.run(horizon=T0 + 2 * 86400)
     assert len(r.x.sends()) == 2, "held for 2 days: the budget priced the defanged post as a $0.20 URL post"
-    assert sum(u for _, u in r.state["spend"]) <= 0.1
+    assert sum(u for _, u in r.state.spend) <= 0.1
 
 
 def test_repeated_long_tweets_stay_unique(rig):

@@ -289,12 +289,8 @@ class LinePath:
 
     def __init__(self, conf, out, dry_run, outbox=None):
         self.t = 1_700_000_000.0
-        state = bs.new_state()
-        lock = threading.RLock()
-        self.runner = bs.ActionRunner(out, dry_run=dry_run, hostname="h", outbox=outbox, state=state,
-                                      state_lock=lock, clock=self.clock)
-        self.sentinel = bs.Sentinel(bs.parse_config("line.conf", conf), self.runner, state, lock,
-                                    clock=self.clock)
+        self.runner = bs.ActionRunner(out, dry_run=dry_run, hostname="h", outbox=outbox, clock=self.clock)
+        self.sentinel = bs.Sentinel(bs.parse_config("line.conf", conf), self.runner, bs.Counters(), clock=self.clock)
         self.splitter = bs.LineSplitter("fuzz")
         self.texts = []
         self.lines = 0

@@ -176,7 +176,7 @@ def write_config(dirname: str, specs) -> "tuple[str, dict]":
 def birdsentinel_events(config, echo_at: dict, lines: "list[str]", cuts: "list[int]"):
     """(rule index, line) in order, through Sentinel.process_text, the log split into blocks at `cuts`."""
     runner = RecordingRunner()
-    sentinel = bs.Sentinel(config, runner, bs.new_state(), threading.RLock(), clock=lambda: 0.0)
+    sentinel = bs.Sentinel(config, runner, bs.Counters(), clock=lambda: 0.0)
     bounds = [0] + sorted(set(c for c in cuts if 0 < c < len(lines))) + [len(lines)]
     for a, b in zip(bounds, bounds[1:]):
         if sentinel.quit:

@@ -16,7 +16,7 @@ import birdsentinel as bs
 def matched_lines(config, text, use_plan=True):
     out = io.StringIO()
     runner = bs.ActionRunner(out)
-    sentinel = bs.Sentinel(config, runner, bs.new_state(), threading.RLock(), clock=lambda: 0.0)
+    sentinel = bs.Sentinel(config, runner, bs.Counters(), clock=lambda: 0.0)
     if not use_plan:
         sentinel.plan = bs.MatchPlan((), None, True)
     hits = []

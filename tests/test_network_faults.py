@@ -76,12 +76,12 @@ def logs():
 def make_deliverer(tmp_path, opener, clocks, budget=None, seed=1):
     outbox = bs.Outbox(str(tmp_path / "birdsentinel.outbox"), str(tmp_path / "birdsentinel.dead"), fsync=False)
     outbox.load()
-    state = bs.new_state()
+    state = bs.DeliveryState()
     client = bs.XClient(bs.Credentials("ck-test", "cs-test-SECRET", "1-at-test", "ats-test-SECRET"),
                         "https://api.x.com", opener=opener, clock=clocks.now)
     b = dict(bs.DEFAULT_BUDGET)
     b.update(budget or {})
-    d = bs.Deliverer(outbox, client, state, threading.RLock(), b, clock=clocks.now,
+    d = bs.Deliverer(outbox, client, state, b, clock=clocks.now,
                      rng=random.Random(seed), monotonic=clocks.monotonic)
     return d, outbox, state
 
@@ -282,7 +282,7 @@ def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_ho
     assert all(b[0] - a[0] >= 60.0 - 1e-3 for a, b in zip(day_requests, day_requests[1:]))
     assert len(day_requests) < 200, len(day_requests)
     assert zero_waits <= len(day_requests)
-    assert state["sent"]["dm"] == [] and state["spend"] == []       # a 429 costs no budget
+    assert state.sent.get("dm", []) == [] and state.spend == []       # a 429 costs no budget
     assert reload_pending(tmp_path) == added
     assert not os.path.exists(str(tmp_path / "birdsentinel.dead"))
 

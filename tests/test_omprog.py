@@ -40,7 +40,7 @@ import time
 import pytest
 
 import birdsentinel as bs
-from fakes import alive, print_figures, read_text, wait_until
+from fakes import alive, print_figures, read_text, valid_state, wait_until
 from fakex import FakeX, write_creds
 
 CK, CS, AT, ATS = "ck-omprog", "cs-omprog-SECRET", "999-at-omprog", "ats-omprog-SECRET"
@@ -316,7 +316,7 @@ def test_protocol_ok_first_then_one_ok_per_line_eof_exit_0_stdout_only_protocol(
     err = read_text(p.err_path)
     assert "child-stderr" not in err and "child-stdout" not in err     # children's output goes to /dev/null
     with open(os.path.join(sd, "birdsentinel.state"), "rb") as fh:
-        assert bs.valid_state(json.loads(fh.read().decode("utf-8")))
+        assert valid_state(json.loads(fh.read().decode("utf-8")))
     time.sleep(0.3)
     assert alice_texts(fx) == alerts                                     # nothing more, nothing twice
 

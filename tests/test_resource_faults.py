@@ -47,9 +47,8 @@ class SwitchableWriter:
 
 
 def state_with(seq):
-    st = bs.new_state()
-    st["tweet_seq"] = seq
-    st["files"]["/var/log/app"] = {"dev": 1, "ino": 2, "fp": "0:00000000", "offset": seq * 10}
+    st = bs.State(outbox_committed=seq)
+    st.files["/var/log/app"] = {"dev": 1, "ino": 2, "fp": "0:00000000", "offset": seq * 10}
     return st
 
 
@@ -69,7 +68,7 @@ def test_state_store_full_disk_keeps_old_state_logs_once_and_recovers(tmp_path, 
     w.fail = errno.ENOSPC
     for seq in (2, 3, 4, 5):
         assert store.save(state_with(seq)) is False          # no exception: the caller keeps running
-        assert read_json(path)["tweet_seq"] == 1            # the old state stays, whole
+        assert read_json(path)["outbox_committed"] == 1            # the old state stays, whole
     full = logs.only(logging.ERROR, "cannot write state file", path)
     assert len(full) == 1, full
     assert os.strerror(errno.ENOSPC) in full[0]
@@ -79,22 +78,22 @@ def test_state_store_full_disk_keeps_old_state_logs_once_and_recovers(tmp_path, 
         assert store.save(state_with(seq)) is False
     errs = logs.only(logging.ERROR, "cannot write state file", path)
     assert len(errs) == 2 and os.strerror(errno.EACCES) in errs[1], errs
-    assert read_json(path)["tweet_seq"] == 1
+    assert read_json(path)["outbox_committed"] == 1
 
     w.fail = None                                           # space is back
     assert store.save(state_with(8)) is True
-    assert read_json(path)["tweet_seq"] == 8
+    assert read_json(path)["outbox_committed"] == 8
     again = logs.messages(logging.WARNING, "writable again", path)
     assert len(again) == 1, again
     assert store.save(state_with(9)) is True
     assert len(logs.messages(logging.WARNING, "writable again")) == 1
     assert len(logs.only(logging.ERROR, "cannot write state file")) == 2
-    assert bs.StateStore(path).load()[0]["tweet_seq"] == 9
+    assert bs.StateStore(path).load()[0].outbox_committed == 9
 
     w.fail = errno.ENOSPC                                   # the same condition, a second time
     assert store.save(state_with(10)) is False
     assert len(logs.only(logging.ERROR, "cannot write state file")) == 3
-    assert read_json(path)["tweet_seq"] == 9
+    assert read_json(path)["outbox_committed"] == 9
 
 
 def test_state_directory_gone_is_a_real_error_not_a_crash(tmp_path, logs):
@@ -115,7 +114,7 @@ def test_state_directory_gone_is_a_real_error_not_a_crash(tmp_path, logs):
     os.unlink(str(d))
     d.mkdir()
     assert store.save(state_with(4)) is True
-    assert read_json(path)["tweet_seq"] == 4
+    assert read_json(path)["outbox_committed"] == 4
     assert logs.messages(logging.WARNING, "writable again", path)
 
 
@@ -282,14 +281,13 @@ class Rig:
         self.app = bs.App(opts, {}, self.out)
         config = bs.parse_config(self.app.config_path)
         self.app.open_state(True, self.app.wants_x(config))
-        self.runner = bs.ActionRunner(self.out, outbox=self.app.outbox, state=self.app.state,
-                                      state_lock=self.app.state_lock, hostname="h")
-        self.sentinel = bs.Sentinel(config, self.runner, self.app.state, self.app.state_lock)
+        self.runner = bs.ActionRunner(self.out, outbox=self.app.outbox, hostname="h")
+        self.sentinel = bs.Sentinel(config, self.runner, self.app.state.counters)
 
         def on_text(text):
             self.sentinel.process_text(text)
             self.app.dirty = True
-        self.tailer = bs.FileTailer(self.log, on_text, self.app.state["files"].get(self.log))
+        self.tailer = bs.FileTailer(self.log, on_text, self.app.state.files.get(self.log))
 
     def append(self, text):
         with open(self.log, "ab") as fh:
@@ -476,7 +474,7 @@ def test_missing_exec_and_sendmail_are_logged_counted_and_other_actions_run(tmp_
     config = bs.parse_config(conf)
     out = io.StringIO()
     runner = bs.ActionRunner(out, hostname="h")
-    sentinel = bs.Sentinel(config, runner, runner.state, runner.state_lock)
+    sentinel = bs.Sentinel(config, runner)
     sentinel.process_text("boom 1\nquiet\nboom 2\n")
     runner.wait_all(timeout=10)
     assert out.getvalue().splitlines() == ["boom 1", "boom 2"]

@@ -10,7 +10,7 @@ import sys
 import time
 
 import birdsentinel as bs
-from fakes import wait_until
+from fakes import state_json, wait_until
 
 
 def test_omprog_refuses_a_message_one_of_whose_alerts_the_outbox_could_not_keep(tmp_path, script, env):
@@ -88,9 +88,8 @@ def test_once_over_the_journal_fails_when_journalctl_fails(tmp_path, script, env
     sd.mkdir(mode=0o700)
     jdir = tmp_path / "journal"
     jdir.mkdir()
-    state = bs.new_state()
-    state["journal"]["dir:%s" % jdir] = {"cursor": "not-a-cursor"}
-    (sd / bs.STATE_NAME).write_text(json.dumps(state))
+    state = bs.State(journal={"dir:%s" % jdir: {"cursor": "not-a-cursor"}})
+    (sd / bs.STATE_NAME).write_text(json.dumps(state_json(state)))
     os.chmod(sd / bs.STATE_NAME, 0o600)
     r = subprocess.run([sys.executable, script, "-c", str(conf), "--once", "--journal-dir", str(jdir),
                         "--script-dir", str(sd)], capture_output=True, text=True, env=env, timeout=30)

@@ -25,7 +25,7 @@ def ok():
 
 
 def deliverer(outbox, client, budget=None):
-    return bs.Deliverer(outbox, client, bs.new_state(), threading.RLock(), dict(budget or bs.DEFAULT_BUDGET))
+    return bs.Deliverer(outbox, client, bs.DeliveryState(), dict(budget or bs.DEFAULT_BUDGET))
 
 
 def new_outbox(tmp_path, **kw):
@@ -188,7 +188,7 @@ def open_fds():
 def test_keep_open_pipe_restarts_leak_no_fd_or_thread(tmp_path):
     c = bs.parse_config(str(tmp_path / "x.conf"), "watchfor /boom/\npipe head -n1,keep_open=1\n")
     r = bs.ActionRunner(io.StringIO(), daemon=True)
-    s = bs.Sentinel(c, r, bs.new_state(), threading.RLock())
+    s = bs.Sentinel(c, r, bs.Counters())
     restarts = 12
     try:
         s.process_text("boom warm-up\n")        # one writer is running, as after any restart
@@ -216,7 +216,7 @@ def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
                         "watchfor /boom/\npipe sh -c 'until test -e %s; do sleep 0.02; done; "
                         "exec cat >/dev/null',keep_open=1\n" % go)
     r = bs.ActionRunner(io.StringIO(), daemon=True, monotonic=clock.monotonic)
-    s = bs.Sentinel(c, r, bs.new_state(), threading.RLock())
+    s = bs.Sentinel(c, r, bs.Counters())
     try:
         s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(1000)))    # a burst
         p = next(iter(r.pipes.values()))
@@ -270,7 +270,7 @@ class Recorder:
 def matched(tmp_path, cfg, lines):
     c = bs.parse_config(str(tmp_path / "x.conf"), cfg)
     r = Recorder()
-    bs.Sentinel(c, r, bs.new_state(), threading.RLock()).process_text("".join(ln + "\n" for ln in lines))
+    bs.Sentinel(c, r, bs.Counters()).process_text("".join(ln + "\n" for ln in lines))
     return r.hits
 
 

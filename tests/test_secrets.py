@@ -379,7 +379,7 @@ def echo_run(d, status):
     outbox.load()
     outbox.add("dm", "1001", "x", 1.0)
     client = bs.XClient(creds(), "https://api.x.com", opener=opener)
-    deliverer = bs.Deliverer(outbox, client, bs.new_state(), threading.RLock(), dict(bs.DEFAULT_BUDGET),
+    deliverer = bs.Deliverer(outbox, client, bs.DeliveryState(), dict(bs.DEFAULT_BUDGET),
                              rng=random.Random(1))
     deliverer.step()
     assert opener.calls and "oauth_signature=" in opener.calls[0]["req"].get_header("Authorization")

@@ -21,7 +21,7 @@ import pytest
 
 import birdsentinel as bs
 from conftest import record_secret_scan_text
-from fakes import T0, FakeClock, print_figures
+from fakes import T0, FakeClock, print_figures, state_json
 from fakex import FakeX, write_creds
 
 PY = sys.executable
@@ -33,7 +33,7 @@ def rig(tmp_path, text):
     """A Sentinel on a fake clock whose echo actions print into a StringIO."""
     config = bs.parse_config(str(tmp_path / "swatch.conf"), text)
     out, clock = io.StringIO(), FakeClock(T0)
-    sentinel = bs.Sentinel(config, bs.ActionRunner(out), bs.new_state(), threading.RLock(), clock=clock)
+    sentinel = bs.Sentinel(config, bs.ActionRunner(out), bs.Counters(), clock=clock)
     return sentinel, out, clock
 
 
@@ -92,7 +92,7 @@ def notices(out):
 
 def table_of(sentinel, kind):
     """The first rule's own counters: state[kind] is {rule.ident: {key: [t, n]}}."""
-    tables, ident = sentinel.state[kind], sentinel.rules[0].ident
+    tables, ident = getattr(sentinel.counters, kind), sentinel.rules[0].ident
     assert isinstance(tables.get(ident), dict), "no table of its own for %s in state[%r]" % (ident, kind)
     return tables[ident]
 
@@ -203,7 +203,7 @@ def plant(path, kind, target):
     elif kind == "fifo":
         os.mkfifo(str(path), 0o600)
     else:
-        path.write_bytes(json.dumps(bs.new_state()).encode() if path.name == bs.STATE_NAME else b"")
+        path.write_bytes(json.dumps(state_json()).encode() if path.name == bs.STATE_NAME else b"")
         os.chmod(str(path), 0o600)
         if kind == "foreign":
             os.chown(str(path), NOBODY, NOBODY)
@@ -362,7 +362,7 @@ def test_redirected_dm_stays_in_the_outbox(tmp_path, fx, counter):
     outbox = bs.Outbox(str(tmp_path / bs.OUTBOX_NAME), str(tmp_path / bs.DEAD_NAME), fsync=False)
     outbox.load()
     outbox.add("dm", "1001", "[web1] alert", time.time())
-    d = bs.Deliverer(outbox, client_for(fx), bs.new_state(), threading.RLock(), dict(bs.DEFAULT_BUDGET),
+    d = bs.Deliverer(outbox, client_for(fx), bs.DeliveryState(), dict(bs.DEFAULT_BUDGET),
                      rng=random.Random(1), monotonic=FakeClock(T0).monotonic)
     redirect(fx, counter)
     d.step()
@@ -535,7 +535,7 @@ def test_no_format_character_survives_sanitize_or_reaches_the_outbox(tmp_path):
     outbox.load()
     config = bs.parse_config(str(tmp_path / "c.conf"), "watchfor /bird_alert/\n  dm @alice\n")
     runner = bs.ActionRunner(io.StringIO(), outbox=outbox, hostname="web1")
-    sentinel = bs.Sentinel(config, runner, bs.new_state(), threading.RLock())
+    sentinel = bs.Sentinel(config, runner, bs.Counters())
     sentinel.process_line("bird_alert \u202egnp.exe\u202c \u200bzero\u2066width\u2069 " + cf + " end")
     (entry,) = outbox.pending()
     assert entry["text"].startswith("[web1] bird_alert") and entry["text"].endswith(" end")

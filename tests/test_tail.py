@@ -656,34 +656,34 @@ def test_state_round_trip_and_atomic_save(tmp_path):
     path = str(tmp_path / "birdsentinel.state")
     store = StateStore(path)
     state, found = store.load()
-    assert found is False and state == bs.new_state()
-    state["files"]["/var/log/x"] = {"dev": 1, "ino": 2, "fp": "3:abc", "offset": 42}
-    state["thresholds"]["/a/\0"] = [100, 2]
+    assert found is False and state == bs.State()
+    state.files["/var/log/x"] = {"dev": 1, "ino": 2, "fp": "3:abc", "offset": 42}
+    state.counters.thresholds["/a/\0"] = [100, 2]
     assert store.save(state) is True
     ino1 = os.stat(path).st_ino
-    state["files"]["/var/log/x"]["offset"] = 43
+    state.files["/var/log/x"]["offset"] = 43
     assert store.save(state) is True
     assert os.stat(path).st_ino != ino1, "saved in place instead of by rename"
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
     assert sorted(os.listdir(str(tmp_path))) == ["birdsentinel.state"], "temp files left behind"
     loaded, found = StateStore(path).load()
     assert found is True
-    assert loaded["files"]["/var/log/x"]["offset"] == 43
-    assert loaded["thresholds"]["/a/\0"] == [100, 2]
+    assert loaded.files["/var/log/x"]["offset"] == 43
+    assert loaded.counters.thresholds["/a/\0"] == [100, 2]
+    assert loaded == state
 
 
 def test_state_save_crash_before_rename_keeps_old_file(tmp_path, monkeypatch, logs):
     path = str(tmp_path / "birdsentinel.state")
     store = StateStore(path)
-    state = bs.new_state()
-    state["tweet_seq"] = 1
+    state = bs.State(outbox_committed=1)
     assert store.save(state)
     before = open(path, "rb").read()
 
     def boom(src, dst):
         raise OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(bs.os, "replace", boom)
-    state["tweet_seq"] = 2
+    state.outbox_committed = 2
     assert store.save(state) is False
     monkeypatch.undo()
     assert open(path, "rb").read() == before
@@ -692,14 +692,15 @@ def test_state_save_crash_before_rename_keeps_old_file(tmp_path, monkeypatch, lo
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b'{"version": 999, "files": {}}',
-                                     b"\xff\xfe garbage"])
+                                     b"\xff\xfe garbage", b'{"version": 1, "spend": {}}',
+                                     b'{"version": 1, "outbox_committed": "7"}', b'{"version": 1, "users": []}'])
 def test_corrupt_state_reported_by_path_and_kept_aside(tmp_path, logs, content):
     path = str(tmp_path / "birdsentinel.state")
     write(path, content)
     os.chmod(path, 0o600)                   # a state file others can read is refused (test_security)
     state, found = StateStore(path).load()
     assert found is False
-    assert state == bs.new_state()
+    assert state == bs.State()
     errors = messages(logs, logging.ERROR)
     assert any(path in m and "corrupt" in m for m in errors), errors
     assert open(path + ".corrupt", "rb").read() == content
@@ -708,7 +709,7 @@ def test_corrupt_state_reported_by_path_and_kept_aside(tmp_path, logs, content):
 
 def test_failing_writer_keeps_old_file_and_logs_once(tmp_path, logs):
     path = str(tmp_path / "birdsentinel.state")
-    write(path, json.dumps(bs.new_state()))
+    write(path, json.dumps({"version": bs.STATE_VERSION}))
     before = open(path, "rb").read()
     broken = {"on": True}
 
@@ -717,8 +718,7 @@ def test_failing_writer_keeps_old_file_and_logs_once(tmp_path, logs):
             raise OSError(errno.ENOSPC, "No space left on device")
         bs.atomic_write(p, data)
     store = StateStore(path, writer=writer)
-    state = bs.new_state()
-    state["tweet_seq"] = 7
+    state = bs.State(outbox_committed=7)
     for _ in range(5):
         assert store.save(state) is False
     assert open(path, "rb").read() == before
@@ -727,7 +727,7 @@ def test_failing_writer_keeps_old_file_and_logs_once(tmp_path, logs):
     assert "No space left" in errors[0]
     broken["on"] = False
     assert store.save(state) is True
-    assert json.loads(open(path).read())["tweet_seq"] == 7
+    assert json.loads(open(path).read())["outbox_committed"] == 7
     assert warned(logs, path, "writable again")
 
 

@@ -214,9 +214,9 @@ class Rig:
         self.config = parse_config(str(path))
         self.out = io.StringIO()
         self.clock = clock or FakeClock()
-        self.state = state if state is not None else bs.new_state()
+        self.state = state if state is not None else bs.Counters()
         self.runner = ActionRunner(self.out, dry_run=False)
-        self.sentinel = Sentinel(self.config, self.runner, self.state, threading.RLock(), clock=self.clock)
+        self.sentinel = Sentinel(self.config, self.runner, self.state, clock=self.clock)
 
     def feed(self, *lines, step=0.0):
         for line in lines:
@@ -324,7 +324,7 @@ def test_thresholds_survive_a_restart(tmp_path):
     first = Rig(tmp_path, text, clock=clock)
     first.feed("Failed password for root", "Failed password for bob", step=1)
     assert len(first.lines()) == 2
-    saved = json.loads(json.dumps(first.state))                 # as the state file would keep it
+    saved = bs.state_fields(bs.Counters, json.loads(json.dumps(bs.state_object(first.state))))     # as the file keeps it
     clock.t += 100                                              # restart, still inside the window
     second = Rig(tmp_path, text, state=saved, clock=clock)
     second.feed("Failed password for root", "Failed password for bob", "Failed password for eve")
@@ -339,7 +339,7 @@ def test_throttle_survives_a_restart(tmp_path):
     clock = FakeClock()
     first = Rig(tmp_path, text, clock=clock)
     first.feed("disk full", "disk full", step=1)
-    saved = json.loads(json.dumps(first.state))
+    saved = bs.state_fields(bs.Counters, json.loads(json.dumps(bs.state_object(first.state))))
     clock.t += 60
     second = Rig(tmp_path, text, state=saved, clock=clock)
     second.feed("disk full")
@@ -361,7 +361,7 @@ def test_pruning_keeps_open_windows_of_other_rules(tmp_path):
     rig.feed(*["scan from %d" % i for i in range(bs.MAX_TABLE - 1)])
     rig.clock.t += 60                                           # every scan bucket has expired
     rig.feed("scan from %d" % bs.MAX_TABLE)
-    assert sum(len(t) for t in rig.state["thresholds"].values()) <= bs.MAX_TABLE + 1
+    assert sum(len(t) for t in rig.state.thresholds.values()) <= bs.MAX_TABLE + 1
     rig.clock.t += 60
     rig.feed("breach detected")                                 # 130 s into a 3600 s window
     assert rig.lines() == ["breach detected"]
@@ -370,7 +370,7 @@ def test_pruning_keeps_open_windows_of_other_rules(tmp_path):
 def test_threshold_table_stays_bounded(tmp_path):
     rig = Rig(tmp_path, "watchfor /scan from (\\d+)/\n  threshold track_by=$1,type=limit,count=1,seconds=5\n")
     rig.feed(*["scan from %d" % i for i in range(bs.MAX_TABLE + 200)], step=0.01)
-    (table,) = rig.state["thresholds"].values()
+    (table,) = rig.state.thresholds.values()
     assert len(table) < bs.MAX_TABLE // 10          # expired keys are swept as new ones come
 
 

@@ -75,10 +75,10 @@ class Rig:
         self.outbox_path = str(tmp_path / "birdsentinel.outbox")
         self.outbox = bs.Outbox(self.outbox_path, self.dead_path, fsync=False)
         self.outbox.load()
-        self.state = bs.new_state()
+        self.state = bs.DeliveryState()
         # OAuth timestamps use real time: the fake checks them against its own clock
         client = bs.XClient(bs.Credentials(CK, CS, AT, ATS), fx.base_url, clock=time.time)
-        self.d = bs.Deliverer(self.outbox, client, self.state, threading.RLock(), dict(bs.DEFAULT_BUDGET),
+        self.d = bs.Deliverer(self.outbox, client, self.state, dict(bs.DEFAULT_BUDGET),
                               clock=self.clock.now, monotonic=self.clock.monotonic, rng=random.Random(7))
 
     def advance(self, s):
@@ -124,7 +124,7 @@ def test_no_credits_keeps_every_message_retries_every_15_min_and_at_nudge(tmp_pa
         rig.advance(min(w, 60))
     assert len(dm_requests(fx)) == 1
     assert fx.dms == [] and len(rig.outbox) == 5 and rig.pending_on_disk() == texts
-    assert rig.dead() == [] and rig.state.get("dead", 0) == 0
+    assert rig.dead() == []
     rig.clock.mono = start + 15 * 60                             # every 15 minutes...
     rig.d.step()
     assert len(dm_requests(fx)) == 2
@@ -165,7 +165,7 @@ def test_user_id_that_is_not_a_number_is_neither_used_nor_cached(tmp_path, fx, l
     assert any(r["path"].startswith("/2/users/") for r in fx.requests)      # it did ask
     assert not any("string" in r["path"] for r in fx.requests), [r["path"] for r in fx.requests]
     assert fx.dms == []
-    assert "@alice" not in rig.state["users"] and "string" not in rig.state["users"].values()
+    assert "@alice" not in rig.state.users and "string" not in rig.state.users.values()
     assert any(NOT_A_NUMBER.search(m) for m in logs.messages(logging.WARNING)), logs.messages(logging.DEBUG)
 
 
