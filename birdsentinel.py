@@ -795,9 +795,6 @@ def parse_int(text: str, what: str, path: str, lineno: int, minimum: int = 0) ->
 
 
 def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
-    if "@@" in value:
-        raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
-                          "replace the @@...@@ placeholders with real values")
     if key in ("continue", "quit"):
         if value:
             raise ConfigError(path, lineno, "%s takes no value (got %r)" % (key, value),
@@ -943,15 +940,15 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
             raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
         key, value = m.group(1).lower(), m.group(2).strip()
+        if "@@" in value:
+            raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
+                              "replace the @@...@@ placeholders with real values")
         if key in ("perlcode", "perlocde"):
             raise ConfigError(path, lineno, "perlcode is Perl, which birdsentinel does not run",
                               "remove it and write its values into the patterns and actions")
         if key in ("watchfor", "waitfor", "ignore"):
             if not value:
                 raise ConfigError(path, lineno, "%s needs a pattern" % key, "e.g. %s /regex/" % key)
-            if "@@" in value:
-                raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
-                                  "replace the @@...@@ placeholders with real values")
             current = Rule("ignore" if key == "ignore" else "watchfor",
                            parse_pattern(value, path, lineno), path, lineno)
             rules.append(current)
@@ -1906,12 +1903,10 @@ class Sentinel:
     def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
         """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
-        self.runner.origin = sanitize(origin)[:64] if origin else None
-        self.process_line(line, fields)
-        self.runner.origin = None
+        self.process_line(line, fields, sanitize(origin)[:64] if origin else "")
         self.runner.flush()
 
-    def process_line(self, line: str, fields: Optional[Dict[str, str]] = None) -> None:
+    def process_line(self, line: str, fields: Optional[Dict[str, str]] = None, origin: str = "") -> None:
         if self.self_tag is not None and self.self_tag in line and self.is_own_line(line):  # no call per line
             return
         folded: Optional[str] = None
@@ -1942,7 +1937,7 @@ class Sentinel:
                     if action.kind == "quit":
                         self.quit = True
                         continue
-                    self.runner.run(action, line, m, message)
+                    self.runner.run(action, line, m, message, origin)
             if not rule.cont or self.quit:
                 return
 
@@ -2062,9 +2057,7 @@ class DeliveryState:
     sent: Dict[str, List[float]] = field(default_factory=dict)
     spend: List[List[float]] = field(default_factory=list)
     users: Dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.lock = threading.RLock()
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)     # not saved
 
 
 @dataclass
@@ -2080,24 +2073,21 @@ class State:
 
 def state_fields(cls: Any, data: Dict[str, Any]) -> Any:
     """cls (State or a part of it) from the state file's flat object: each field the value of its name, of its
-    default's type (ValueError names one that is not), or the default when missing."""
+    default's type (else ValueError), or the default when missing."""
     values = {}
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default   # type: ignore
-        if dataclasses.is_dataclass(default):
-            values[f.name] = state_fields(type(default), data)
-        elif f.name in data:
-            value, want = data[f.name], type(default)
-            if not (isinstance(value, want) or default is None and isinstance(value, int)):      # Optional[int]
-                raise ValueError("its %s is not a %s" % (f.name, "number" if default is None else want.__name__))
-            values[f.name] = value
+        value = state_fields(type(default), data) if dataclasses.is_dataclass(default) else data.get(f.name, default)
+        if not isinstance(value, type(default)) and not (default is None and isinstance(value, int)):   # Optional[int]
+            raise ValueError("its %s has the wrong type" % f.name)
+        values[f.name] = value
     return cls(**values)
 
 
 def state_object(part: Any) -> Dict[str, Any]:
     """The flat JSON object of State or a part of it (the inverse of state_fields)."""
     out: Dict[str, Any] = {}
-    for f in dataclasses.fields(part):
+    for f in filter(lambda f: f.compare, dataclasses.fields(part)):     # not a lock
         value = getattr(part, f.name)
         out.update(state_object(value) if dataclasses.is_dataclass(value) else {f.name: value})
     return out
@@ -2393,10 +2383,6 @@ class Outbox:
             LOG.error("cannot write dead-letter file %s: %s; the refused message is here instead: %s",
                       self.dead_path, getattr(exc, "strerror", None) or exc, json.dumps(rec))
         self.done([entry["id"]])
-
-    def pending(self) -> List[Dict[str, Any]]:
-        with self.lock:
-            return list(self.entries.values())
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -3116,11 +3102,10 @@ class ActionRunner:
         self.waiting: "collections.deque[Tuple[List[str], Optional[bytes], str]]" = collections.deque()
         self.pipes: Dict[Tuple[int, Tuple[Template, ...]], PipeWriter] = {}
         self.waiting_bytes = self.failures = self.enqueued = 0
-        self.origin: Optional[str] = None          # the host of the line being handled, when not ours
         self.color = bool(getattr(out, "isatty", lambda: False)()) and not daemon
         self.child_env = child_env(os.environ)
 
-    def run(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
+    def run(self, action: Action, line: str, match: Optional[re.Match], message: str, origin: str = "") -> None:
         if action.when is not None and not action.when.allows(self.clock()):
             return
         if action.message is not None:
@@ -3141,7 +3126,7 @@ class ActionRunner:
                 self.spawn(["write", user], (sanitize(message) + "\n").encode("utf-8"), "write")
         elif kind in ("dm", "tweet"):
             for to in (action.recipients or ("",)) if kind == "dm" else ("",):
-                self.enqueue(kind, to, message, action)
+                self.enqueue(kind, to, message, action, origin)
 
     def write_out(self, text: str) -> None:
         if self.daemon:
@@ -3194,8 +3179,8 @@ class ActionRunner:
         argv = build_argv(action.argv, line, match) if action.argv else [sendmail, "-oi", "-t"]
         self.spawn(argv, body.encode("utf-8"), "mail")
 
-    def enqueue(self, kind: str, to: str, message: str, action: Action) -> None:
-        text = format_alert(self.origin or self.hostname, message)
+    def enqueue(self, kind: str, to: str, message: str, action: Action, origin: str = "") -> None:
+        text = format_alert(origin or self.hostname, message)
         extra = {"defang": action.defang} if kind == "tweet" else {}
         if self.dry_run or self.outbox is None:
             self.enqueued += 1

@@ -123,7 +123,7 @@ class Rig:
     def reloaded_pending(self):
         ob = bs.Outbox(self.outbox_path, self.dead_path, fsync=False)
         ob.load()
-        return [e["text"] for e in ob.pending()]
+        return [e["text"] for e in ob.entries.values()]
 
     def dead_records(self):
         try:
@@ -494,7 +494,7 @@ def test_budget_three_per_window_last_is_digest(tmp_path, logs):
     assert sent[2].startswith(head), sent[2]
     assert len(sent[2]) <= bs.DM_MAX_CHARS
     # nothing lost: each alert is in a sent message or still queued
-    pending = [e["text"] for e in r.outbox.pending()]
+    pending = [e["text"] for e in r.outbox.entries.values()]
     for t in texts:
         assert any(t in s for s in sent) or t in pending, t
     assert any("budget" in rec.getMessage() for rec in logs.records)
@@ -546,7 +546,7 @@ def test_budget_money_cap(tmp_path):
     assert sum(s[1] for s in r.state.spend) <= 0.05 + 1e-9
     assert sent[-1].startswith("+")
     for i in range(5):
-        assert any("a%d" % i in s for s in sent) or "a%d" % i in [e["text"] for e in r.outbox.pending()]
+        assert any("a%d" % i in s for s in sent) or "a%d" % i in [e["text"] for e in r.outbox.entries.values()]
 
 
 def test_handle_resolved_once_and_cached(tmp_path):

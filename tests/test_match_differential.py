@@ -150,7 +150,7 @@ class RecordingRunner(bs.ActionRunner):
         super().__init__(io.StringIO(), dry_run=True, hostname="test")
         self.events: "list[tuple[int, str]]" = []
 
-    def run(self, action, line, match, message):     # noqa: D401 - same signature as ActionRunner.run
+    def run(self, action, line, match, message, origin=""):     # noqa: D401 - same signature as ActionRunner.run
         self.events.append((action.lineno, line))
 
 

@@ -89,7 +89,7 @@ def make_deliverer(tmp_path, opener, clocks, budget=None, seed=1):
 def reload_pending(tmp_path):
     ob = bs.Outbox(str(tmp_path / "birdsentinel.outbox"), str(tmp_path / "birdsentinel.dead"), fsync=False)
     ob.load()
-    return [e["text"] for e in ob.pending()]
+    return [e["text"] for e in ob.entries.values()]
 
 
 # -- (a) an hour-long outage --------------------------------------------------
@@ -257,7 +257,7 @@ def test_a_day_of_429s_no_request_before_reset_nothing_lost_budget_and_digest_ho
 
     def check_nothing_lost():
         delivered = [x[3] for x in log if x[2] == 201 and x[3] is not None]
-        queued = [e["text"] for e in outbox.pending()]
+        queued = [e["text"] for e in outbox.entries.values()]
         for text in added:
             assert text in queued or any(text in m.split("\n") or m.startswith(text) for m in delivered), text
 

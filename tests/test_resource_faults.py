@@ -325,7 +325,7 @@ def test_outbox_full_keeps_alerts_in_memory_and_holds_offsets(tmp_path, monkeypa
         rig.step()
         ob = rig.app.outbox
         assert ob.durable is False
-        assert [e["text"] for e in ob.pending()] == ["[h] ALERT 1", "[h] ALERT 2", "[h] ALERT 3"]
+        assert [e["text"] for e in ob.entries.values()] == ["[h] ALERT 1", "[h] ALERT 2", "[h] ALERT 3"]
         assert rig.saved_offset() == safe, "offsets were saved while the alerts were only in memory"
         errs = logs.only(logging.ERROR, "cannot write outbox", outbox_path)
         assert len(errs) == 1, errs
@@ -346,7 +346,7 @@ def test_outbox_full_keeps_alerts_in_memory_and_holds_offsets(tmp_path, monkeypa
         rig.close()
     again = bs.Outbox(outbox_path, os.path.join(rig.sdir, bs.DEAD_NAME))
     again.load()
-    assert [e["text"] for e in again.pending()] == ["[h] ALERT %d" % i for i in (1, 2, 3, 4)]
+    assert [e["text"] for e in again.entries.values()] == ["[h] ALERT %d" % i for i in (1, 2, 3, 4)]
 
 
 def test_outbox_full_then_crash_loses_nothing(tmp_path, monkeypatch, logs):
@@ -367,7 +367,7 @@ def test_outbox_full_then_crash_loses_nothing(tmp_path, monkeypatch, logs):
     rig.open()                                            # the restart
     try:
         rig.step()
-        texts = [e["text"] for e in rig.app.outbox.pending()]
+        texts = [e["text"] for e in rig.app.outbox.entries.values()]
         assert texts == ["[h] ALERT 1", "[h] ALERT 2"], texts
         assert rig.app.outbox.durable
     finally:

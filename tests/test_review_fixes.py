@@ -57,7 +57,7 @@ def test_outbox_ids_continue_past_committed_after_the_journal_was_compacted(tmp_
 
     run4 = bs.Outbox(P, D)                      # a crash before run 3's commit: the line is read again
     run4.load(committed)
-    assert run4.pending() == []                 # so the entry is dropped, not kept as a second copy
+    assert list(run4.entries) == []                 # so the entry is dropped, not kept as a second copy
 
 
 # ---- 2. lost counts that come in while the count is being sent
@@ -104,7 +104,7 @@ def test_split_message_with_parts_sent_is_finished_before_a_digest(tmp_path):
     assert len(Client.sent) == 1, Client.sent
     assert "(2/%d)" % n in Client.sent[0], Client.sent       # the next part, not a digest
     assert "short second alert" not in Client.sent[0]
-    assert [x["text"] for x in ob.pending()] == [long, "[h] short second alert"]
+    assert [x["text"] for x in ob.entries.values()] == [long, "[h] short second alert"]
 
 
 # ---- 4. rotation while more than MAX_POLL_READ of the old file is unread
@@ -250,7 +250,7 @@ def test_unwritable_dead_letter_file_logs_the_refused_message_and_moves_on(tmp_p
             break
         dl.step()
     assert sent == ["refused for good", "next alert"]       # each asked once
-    assert ob.pending() == []
+    assert list(ob.entries) == []
     assert logs.messages(logging.ERROR, "dead-letter", "refused for good")
 
 
@@ -260,7 +260,7 @@ class Recorder:
     def __init__(self):
         self.hits = []
 
-    def run(self, action, line, m, msg):
+    def run(self, action, line, m, msg, origin=""):
         self.hits.append(line)
 
     def flush(self):

@@ -367,7 +367,7 @@ def test_redirected_dm_stays_in_the_outbox(tmp_path, fx, counter):
     redirect(fx, counter)
     d.step()
     assert counter.seen == [] and fx.dms == []
-    assert [e["text"] for e in outbox.pending()] == ["[web1] alert"], "a redirect counted as delivered"
+    assert [e["text"] for e in outbox.entries.values()] == ["[web1] alert"], "a redirect counted as delivered"
     assert not (tmp_path / bs.DEAD_NAME).exists()
 
 
@@ -537,6 +537,6 @@ def test_no_format_character_survives_sanitize_or_reaches_the_outbox(tmp_path):
     runner = bs.ActionRunner(io.StringIO(), outbox=outbox, hostname="web1")
     sentinel = bs.Sentinel(config, runner, bs.Counters())
     sentinel.process_line("bird_alert \u202egnp.exe\u202c \u200bzero\u2066width\u2069 " + cf + " end")
-    (entry,) = outbox.pending()
+    (entry,) = outbox.entries.values()
     assert entry["text"].startswith("[web1] bird_alert") and entry["text"].endswith(" end")
     assert format_chars_in(entry["text"]) == []

@@ -790,11 +790,11 @@ def test_outbox_add_done_load_round_trip(tmp_path):
     e2 = ob.add("tweet", "", "[h] second", 2.0, {"seq": 1, "defang": True})
     e3 = ob.add("dm", "", "[h] third", 3.0)
     ob.done([e1["id"], e3["id"]])
-    assert [e["id"] for e in ob.pending()] == [e2["id"]]
+    assert [e["id"] for e in ob.entries.values()] == [e2["id"]]
     ob2 = outbox(tmp_path)
     ob2.load()
     assert len(ob2) == 1
-    (p,) = ob2.pending()
+    (p,) = ob2.entries.values()
     assert (p["kind"], p["to"], p["text"], p["seq"]) == ("tweet", "", "[h] second", 1)
     e4 = ob2.add("dm", "", "[h] fourth", 4.0)
     assert e4["id"] > e3["id"], "ids reused after a reload"
@@ -808,12 +808,12 @@ def test_outbox_torn_last_line_is_skipped(tmp_path, logs):
     append(ob.path, b'{"op":"add","id":3,"kind":"dm","to":"","te')   # kill -9 mid-write
     ob2 = outbox(tmp_path)
     ob2.load()
-    assert [e["text"] for e in ob2.pending()] == ["[h] kept 1", "[h] kept 2"]
+    assert [e["text"] for e in ob2.entries.values()] == ["[h] kept 1", "[h] kept 2"]
     assert warned(logs, ob.path)
     e = ob2.add("dm", "", "[h] after crash", 3.0)
     ob3 = outbox(tmp_path)
     ob3.load()
-    assert [x["text"] for x in ob3.pending()] == ["[h] kept 1", "[h] kept 2", "[h] after crash"]
+    assert [x["text"] for x in ob3.entries.values()] == ["[h] kept 1", "[h] kept 2", "[h] after crash"]
     assert e["id"] >= 3
 
 
@@ -823,7 +823,7 @@ def test_outbox_dead_letter(tmp_path):
     e1 = ob.add("dm", "@nobody", "[h] undeliverable", 5.0)
     e2 = ob.add("dm", "", "[h] fine", 6.0)
     ob.dead(e1, "403: You cannot send messages to this user.", 7.0)
-    assert [e["id"] for e in ob.pending()] == [e2["id"]]
+    assert [e["id"] for e in ob.entries.values()] == [e2["id"]]
     with open(ob.dead_path) as fh:
         recs = [json.loads(line) for line in fh]
     assert len(recs) == 1
@@ -832,4 +832,4 @@ def test_outbox_dead_letter(tmp_path):
     assert "403" in recs[0]["reason"]
     ob2 = outbox(tmp_path)
     ob2.load()
-    assert [e["id"] for e in ob2.pending()] == [e2["id"]]
+    assert [e["id"] for e in ob2.entries.values()] == [e2["id"]]

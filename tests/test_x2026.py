@@ -101,7 +101,7 @@ class Rig:
     def pending_on_disk(self):
         ob = bs.Outbox(self.outbox_path, self.dead_path, fsync=False)
         ob.load()
-        return [e["text"] for e in ob.pending()]
+        return [e["text"] for e in ob.entries.values()]
 
     def dead(self):
         return [json.loads(line) for line in read_text(self.dead_path).splitlines() if line.strip()]
