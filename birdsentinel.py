@@ -1599,11 +1599,8 @@ class OmprogSource(StreamSource):
 
 class Inotify:
     """inotify(7) through libc: a new line wakes us at once; an idle watcher costs no CPU.  OSError if unavailable."""
-    IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
-    IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
-    IN_DELETE_SELF, IN_MOVE_SELF = 0x400, 0x800
-    FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF
-    DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE
+    FILE_MASK = 0x2 | 0x4 | 0x8 | 0x400 | 0x800     # IN_MODIFY IN_ATTRIB IN_CLOSE_WRITE IN_DELETE_SELF IN_MOVE_SELF
+    DIR_MASK = 0x100 | 0x80 | 0x40 | 0x200          # IN_CREATE IN_MOVED_TO IN_MOVED_FROM IN_DELETE
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)

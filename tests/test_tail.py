@@ -673,6 +673,27 @@ def test_state_round_trip_and_atomic_save(tmp_path):
     assert loaded == state
 
 
+def test_state_file_of_the_untyped_format_still_loads(tmp_path):
+    """A state file written before the typed state (it had tweet_seq and sent as two lists) keeps its positions,
+    counters and delivery state; the key no part owns any more is dropped at the next save."""
+    path = str(tmp_path / "birdsentinel.state")
+    old = {"version": 1, "files": {"/var/log/x": {"dev": 1, "ino": 2, "fp": "3:abc", "offset": 42}}, "journal": {},
+           "thresholds": {"0:/a/": {"k": [100, 2]}}, "throttles": {}, "users": {"@alice": "1001"},
+           "sent": {"dm": [5.0], "tweet": []}, "spend": [[5.0, 0.015]], "blocked_until": {"dm": 9.0}, "tweet_seq": 7,
+           "outbox_committed": 3}
+    write(path, json.dumps(old))
+    os.chmod(path, 0o600)
+    state, found = StateStore(path).load()
+    assert found is True
+    assert state.files == old["files"] and state.outbox_committed == 3
+    assert state.counters.thresholds == old["thresholds"]
+    assert (state.delivery.users, state.delivery.sent, state.delivery.spend, state.delivery.blocked_until) == (
+        old["users"], old["sent"], old["spend"], old["blocked_until"])
+    assert StateStore(path).save(state)
+    saved = json.loads(open(path).read())
+    assert "tweet_seq" not in saved and dict(saved, tweet_seq=7) == old
+
+
 def test_state_save_crash_before_rename_keeps_old_file(tmp_path, monkeypatch, logs):
     path = str(tmp_path / "birdsentinel.state")
     store = StateStore(path)
