@@ -640,8 +640,10 @@ def split_options(value: str, keys: Sequence[str]) -> Tuple[str, Dict[str, str]]
     return rest.strip(), opts
 
 
-def split_commas(value: str) -> Tuple[List[str], Dict[str, str]]:
-    """'a,b,key=value' -> (['a', 'b'], {'key': 'value'}); quotes stripped."""
+def split_commas(value: str, what: str = "", keys: Sequence[str] = (), path: str = "", lineno: int = 0,
+                 hint: str = "") -> Tuple[List[str], Dict[str, str]]:
+    """'a,b,key=value' -> (['a', 'b'], {'key': 'value'}), quotes stripped.  With `what`: a key not in `keys` (or, with
+    no `hint` for them, a bare word) is refused, naming the keys, or with the hint."""
     bare: List[str] = []
     opts: Dict[str, str] = {}
     for piece in value.split(","):
@@ -653,6 +655,10 @@ def split_commas(value: str) -> Tuple[List[str], Dict[str, str]]:
             opts[m.group(1).lower()] = unquote_value(m.group(2))
         else:
             bare.append(unquote_value(piece))
+    unknown = sorted(set(opts) - set(keys)) + ([] if hint else bare)
+    if what and unknown:
+        raise ConfigError(path, lineno, "unknown %s option %r" % (what, unknown[0]),
+                          hint or "%s takes %s" % (what, ", ".join(k + "=" for k in keys)))
     return bare, opts
 
 
@@ -801,11 +807,8 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
                               "write %s alone on its line" % key)
         return Action(key, lineno)
     if key == "mail":
-        bare, opts = split_commas(value)
-        unknown = set(opts) - {"addresses", "subject", "mailer", "when", "message"}
-        if unknown:
-            raise ConfigError(path, lineno, "unknown mail option %s" % sorted(unknown)[0],
-                              "mail takes addresses=, subject=, mailer=, when=, message=")
+        bare, opts = split_commas(value, "mail", ("addresses", "subject", "mailer", "when", "message"), path, lineno,
+                                  "mail takes ADDRESS:ADDRESS or addresses=, subject=, mailer=, when=, message=")
     else:
         rest, opts = split_options(value, ACTION_OPTION_KEYS)
     when = parse_when(opts["when"], path, lineno) if "when" in opts else None
@@ -851,11 +854,7 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
 
 
 def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
-    _bare, opts = split_commas(value)
-    unknown = set(opts) - {"track_by", "type", "count", "seconds"}
-    if unknown or _bare:
-        raise ConfigError(path, lineno, "unknown threshold option %r" % (sorted(unknown) or _bare)[0],
-                          "threshold takes track_by=,type=,count=,seconds=")
+    _bare, opts = split_commas(value, "threshold", ("track_by", "type", "count", "seconds"), path, lineno)
     t = opts.get("type", "")
     if t not in THRESHOLD_TYPES:
         hint = "types are limit, threshold and both (lower case)"
@@ -870,11 +869,8 @@ def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
 
 
 def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
-    bare, opts = split_commas(value)
-    unknown = set(opts) - {"key", "threshold", "delay", "use"}
-    if unknown:
-        raise ConfigError(path, lineno, "unknown throttle option %r" % sorted(unknown)[0],
-                          "throttle takes [H:]M:S, key=, threshold=")
+    bare, opts = split_commas(value, "throttle", ("key", "threshold", "delay", "use"), path, lineno,
+                              "throttle takes [H:]M:S, key=, threshold=")
     if "use" in opts:
         raise ConfigError(path, lineno, "throttle use=%s is not supported" % opts["use"],
                           "swatch ignores use= silently; write key=$1 with groups from the pattern instead")
@@ -892,11 +888,7 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
 
 
 def parse_budget(value: str, path: str, lineno: int) -> Dict[str, Optional[float]]:
-    bare, opts = split_commas(value)
-    known = dict(DEFAULT_BUDGET)
-    if bare or set(opts) - set(known):
-        raise ConfigError(path, lineno, "unknown budget item %r" % (bare or sorted(set(opts) - set(known)))[0],
-                          "budget takes " + ",".join(k + "=N" for k in known))
+    _bare, opts = split_commas(value, "budget", dict(DEFAULT_BUDGET), path, lineno)
     out: Dict[str, Optional[float]] = {}
     for k, v in opts.items():
         try:
