@@ -814,8 +814,6 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     when = parse_when(opts["when"], path, lineno) if "when" in opts else None
     message = Template.parse(unquote_value(opts["message"]).replace("\\n", "\n")) if "message" in opts else None
     if key in ("exec", "pipe"):
-        if opts.get("keep_open") is None and re.search(r"(^|,)\s*keep_open\s*$", rest, re.I):
-            rest, opts["keep_open"] = re.sub(r",?\s*keep_open\s*$", "", rest, flags=re.I), "1"
         return Action(key, lineno, argv=parse_command(rest, path, lineno, key), when=when, message=message,
                       keep_open=opts.get("keep_open", "0") not in ("0", "", "no"),
                       raw=opts.get("raw", "0") not in ("0", "", "no"))
