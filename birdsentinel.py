@@ -157,6 +157,7 @@ STATE_VERSION = 1
 
 READ_BLOCK = 1 << 18          # bytes read at a time
 MAX_LINE = 64 * 1024          # longer lines keep their first MAX_LINE bytes
+MATCH_SAMPLE = 1 << 16        # bytes of log on which each rule's rarest literals are chosen
 FINGERPRINT_LEN = 128         # bytes at a file's start that identify it
 MIN_FINGERPRINT = 16          # fewer first bytes than this identify nothing
 RETIRED_GRACE = 60.0          # seconds a rotated file is still read
@@ -1611,150 +1612,153 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Rather than run every rule on every line, a block is searched once per rule for a literal
-# every match of the rule contains (str.find runs at memory speed; the literals come from the regex's parse tree, inside
-# groups too), or, for rules without one, with one combined regex; only the lines found go to the rules, in order.
+# Most lines match no rule.  Each rule has sets of literals, each such that every line it matches holds a member (read
+# from the regex's parse tree, inside groups too; an alternation gives a set), and takes the set rarest in a sample of
+# the log.  A block is encoded to UTF-8 once and searched once per literal, with libc's strstr (SIMD in glibc) from its
+# rarest pair of bytes on; literals holding a byte the sample lacks share one pass for it.  A line found goes only to
+# the rules whose literal it holds and to those no literal stands for (ignore rules; a watchfor without one makes every
+# line a candidate), in order.
 
-def required_literals(src: str, min_len: int = 3) -> List[str]:
-    """Literals of which every match of the regex `src` contains at least one, read from its parse tree, or [] when none
-    is min_len long.  A pattern the parser cannot read is still matched, only without them."""
-    try:                                            # the standard library's parser, read only
-        import re._parser as p                      # type: ignore[import]
-    except ImportError:                             # Python 3.9, 3.10
-        import sre_parse as p                       # type: ignore[import,no-redef]
+def literal_sets(src: str, ci: bool = False) -> List[Tuple[Tuple[str, bool], ...]]:
+    """Sets of (literal, ci) of which every match of the regex `src` holds a member each, from its parse tree: each run
+    of plain characters, those of each group and repeat (at least once), one of each alternation (a member per branch).
+    Lowered if ci, and then all-ASCII only (see candidate_lines); [] if the parser cannot read it."""
+    p = getattr(re, "_parser", None) or re.sre_parse    # type: ignore[attr-defined]   # Python 3.9, 3.10: sre_parse
+
+    def walk(seq: Any) -> List[Tuple[Tuple[str, bool], ...]]:
+        sets: List[Tuple[Tuple[str, bool], ...]] = []
+        run = ""
+        for op, av in list(seq) + [(None, None)]:   # the last one ends the last run
+            if op is p.LITERAL:
+                run += chr(av)
+                continue
+            if run and (run.isascii() or not ci):
+                sets.append(((run.lower() if ci else run, ci),))
+            run = ""
+            if op is p.BRANCH:
+                alts = [max(walk(b), key=_shortest, default=()) for b in av[1]]
+                sets += [tuple(dict.fromkeys(x for a in alts for x in a))] if all(alts) else []
+            elif op is p.SUBPATTERN and not av[1] & re.IGNORECASE:       # (?i:...) is not case-sensitive
+                sets += walk(av[-1])
+            elif op in (p.MAX_REPEAT, p.MIN_REPEAT) and av[0] >= 1:       # classes, anchors, lookarounds and
+                sets += walk(av[2])                                       # optional parts have none
+        return sets
     try:
-        best = _literal_set(p, p.parse(src))
+        return walk(p.parse(src))
     except Exception:                               # e.g. a parser of another version
         return []
-    return list(best) if best and min(map(len, best)) >= min_len else []
 
 
-def _literal_set(p: Any, seq: Any) -> Tuple[str, ...]:
-    """The best choice in a sequence (the set whose shortest member is longest): each run of plain characters, and each
-    group, repeat (at least once) or alternation (one set per branch) that gives a set."""
-    cands: List[Tuple[str, ...]] = []
-    run = ""
-    for op, av in seq:
-        if op is p.LITERAL:
-            run += chr(av)
-            continue
-        if run:
-            cands.append((run,))
-            run = ""
-        if op is p.BRANCH:
-            alts = [_literal_set(p, b) for b in av[1]]
-            if all(alts):
-                cands.append(tuple(dict.fromkeys(x for a in alts for x in a)))
-            continue
-        if op is p.SUBPATTERN and not av[1] & re.IGNORECASE:       # (?i:...) is not case-sensitive
-            got = _literal_set(p, av[-1])
-        elif op in (p.MAX_REPEAT, p.MIN_REPEAT) and av[0] >= 1:
-            got = _literal_set(p, av[2])
-        else:                                       # classes, anchors, lookarounds, optional parts
-            continue
-        if got:
-            cands.append(got)
-    if run:
-        cands.append((run,))
-    return max(cands, key=lambda c: (min(map(len, c)), -len(c)), default=())
+def _shortest(s: Tuple[Tuple[Any, bool], ...]) -> Tuple[int, int]:
+    return min(len(x) for x, _ in s), -len(s)
+
+
+def rule_sets(r: Rule) -> List[Tuple[Tuple[str, bool], ...]]:
+    """Sets of (literal, case-insensitive) of which every line the rule matches holds a member each, a journal entry's
+    too: && takes each positive term's sets, || one (a member of each term's best); [] when there is none."""
+    terms = [t for t in r.pattern.terms if not t.negated]
+    sets = [[] if t.field or t.regex.flags & re.VERBOSE else literal_sets(t.regex.pattern, bool(t.regex.flags & re.I))
+            for t in terms]                         # a field is not the line
+    if not r.pattern.any_of:
+        return [s for ss in sets for s in ss]
+    if len(terms) < len(r.pattern.terms) or not all(sets):     # a term that can match a line without a literal
+        return []
+    return [tuple(dict.fromkeys(x for ss in sets for x in max(ss, key=_shortest)))]
 
 
 @dataclass(frozen=True)
 class MatchPlan:
-    """How to find the candidate lines of a block (see above)."""
-    literals: Tuple[Tuple[str, bool], ...]     # (literal, case-insensitive)
-    regex: Optional[re.Pattern]                # for rules without a literal
-    per_line: bool                             # neither works: try every line
-    checks: Tuple[Optional[Tuple[Tuple[str, ...], bool]], ...] = ()
+    """How to find the candidate lines of a block, and the rules each goes to (see above)."""
+    steps: Tuple[Tuple[Rule, Optional[str], Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]], ...]   # per rule:
+    # (rule, its one case-sensitive literal, or its literals (case-sensitive, lowered)): match_line's checks
+    sampled: int                                # bytes of the sample the passes were chosen on
+    passes: Tuple[Tuple[bytes, bool, bool, Tuple[Tuple[Optional[bytes], int], ...]], ...]   # (needle, in the lowered
+    traps: Tuple[Any, ...]                      # block, bytes.find, ((literal the line must hold or None, rules), ..))
+    always: int                                 # rules tried on every candidate line, with their check
+    every: bool                                 # every line is a candidate
+    strstr: Any                                 # libc's, or None
 
 
-def build_plan(rules: Sequence[Rule]) -> MatchPlan:
-    firsts = [None if r.pattern.any_of else next((t for t in r.pattern.terms if not t.negated and not t.field), None)
-              for r in rules]
-    checks = tuple(None if t is None else term_literals(t) for t in firsts)
-    literals: List[Tuple[str, bool]] = []
-    rest: List[Term] = []
-    for r in rules:
-        if r.kind != "watchfor":
-            continue
-        p = r.pattern
-        if p.any_of and any(t.negated for t in p.terms):
-            return MatchPlan((), None, True, checks)
-        for t in [t for t in p.terms if not (t.negated or t.field)][: None if p.any_of else 1]:   # a field never
-            # matches a line of text: an && rule with only field terms needs no candidates there
-            found = term_literals(t)
-            if found is None:
-                rest.append(t)
-            else:
-                literals.extend((x, found[1]) for x in found[0])
-    regex = None
-    if rest:
-        regex = combine_terms(rest)
-        if regex is None:
-            return MatchPlan((), None, True, checks)
-    return MatchPlan(tuple(dict.fromkeys(literals)), regex, False, checks)
+def build_plan(rules: Sequence[Rule], text: str = "") -> MatchPlan:
+    """The plan whose passes cost least on `text`, a sample of the log (3 us a pass over 64 KiB, 1 us a line found);
+    literals shorter than 3 need a full sample."""
+    sample = text[:MATCH_SAMPLE].encode("utf-8", "surrogatepass")
+    hays, full, lines, counts = (sample, sample.lower()), len(sample) >= MATCH_SAMPLE, sample.count(b"\n"), {}
+
+    def count(x: bytes, ci: bool) -> int:
+        if (x, ci) not in counts:
+            counts[x, ci] = hays[ci].count(x)
+        return counts[x, ci]
+    steps, chosen, always, folded, every = [], {}, 0, 0, False   # type: Any
+    for i, r in enumerate(rules):
+        sets = rule_sets(r)
+        best = max((s for s in sets if _shortest(s)[0] >= 3), key=_shortest, default=())
+        check = (tuple(x for x, ci in best if not ci), tuple(x for x, ci in best if ci)) if best else None
+        steps.append((r, check[0][0] if check and len(best) == 1 and check[0] else None, check))
+        costs = [(sum(3 + count(*x) for x in s), -_shortest(s)[0], s) for s in (tuple(
+            (x.encode("utf-8", "surrogatepass"), ci) for x, ci in s) for s in sets) if full or _shortest(s)[0] >= 3]
+        if r.kind == "watchfor" and costs:          # its literals: the set that costs least
+            for lit in min(costs)[2]:
+                chosen[lit], folded = chosen.get(lit, 0) | 1 << i, folded | lit[1] << i
+        else:
+            always, every = always | 1 << i, every or r.kind == "watchfor"
+    cover = collections.Counter((b, ci) for lit, ci in chosen for b in set(lit))     # literals holding each byte
+    passes: Dict[Tuple[bytes, bool], List[Tuple[Optional[bytes], int]]] = {}
+    for (lit, ci), bits in chosen.items():          # a byte the sample lacks: one pass for the literals with it;
+        b = bytes((min(set(lit), key=lambda b: (count(bytes((b,)), ci), -cover[b, ci], b)),))    # else strstr, fastest
+        j = min(range(max(len(lit) - 1, 1)), key=lambda j: (count(lit[j:j + 1], ci) * count(lit[j + 1:j + 2], ci), j))
+        j = j if full and count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else 0    # from a rare pair on
+        u = (b, ci) if full and not count(b, ci) else (lit[j:], ci)
+        passes.setdefault(u, []).append((None if u[0] == lit else lit, bits))
+    try:                                            # glibc's is SIMD: 3 to 5 times as fast as bytes.find
+        strstr = ctypes.CDLL(None).strstr
+        strstr.restype, strstr.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_char_p)
+    except (OSError, AttributeError):               # no such libc
+        strstr = None
+    return MatchPlan(   # re.IGNORECASE takes these for an ASCII letter, bytes.lower() does not: traps
+        tuple(steps), len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e)) for (u, ci), e in passes.items()),
+        tuple((c.encode(), False, True, ((None, folded),)) for c in "\u0130\u0131\u017f\u212a" if folded),
+        always, every, strstr)
 
 
-def combine_terms(terms: Sequence[Term]) -> Optional[re.Pattern]:
-    """One alternation of all the terms, or None when they do not combine."""
-    alts = []
-    for t in terms:
-        src = t.regex.pattern
-        if re.search(r"\\[1-9]|\(\?P=|\(\?\(|\\[AZ]|^\(\?[a-zA-Z]+\)|\(\?<?[=!]", src):
-            return None                       # back-references, global flags, lookarounds (see newlines)
-        src = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", src)
-        fl = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL), ("x", re.VERBOSE)) if t.regex.flags & bit)
-        alts.append("(?%s:%s)" % (fl, src) if fl else "(?:%s)" % src)
-    try:
-        return re.compile("|".join(alts), re.MULTILINE)
-    except (re.error, OverflowError, RecursionError):
-        return None
+def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
+    """hay.find(needle, pos), through strstr: a bytes object ends in a NUL byte, and one inside would stop it."""
+    if strstr is None or b"\0" in hay:
+        return hay.find
+    base = ctypes.cast(hay, ctypes.c_void_p).value or 0
+    return lambda needle, pos: -1 if (at := strstr(base + pos, needle)) is None else at - base
 
 
-def candidate_lines(plan: MatchPlan, text: str) -> Optional[List[int]]:
-    """Start offsets, in order, of the lines of `text` that some watchfor may match; None: every line must be tried."""
-    if plan.per_line:
-        return None
-    starts = set()
-    lowered: Optional[str] = None
-    for lit, ci in plan.literals:
-        hay = text
-        if ci:
-            if lowered is None:
-                # casefold() maps each character re.IGNORECASE takes for an ASCII letter (K, long s, dotted I) to it
-                lowered = text.casefold().replace("\u0131", "i")     # and dotless i, which casefold keeps
-                if len(lowered) != len(text):      # lengths changed: no shortcut
-                    return None
-            hay = lowered
-        find, rfind = hay.find, hay.rfind
-        pos = find(lit)
+def candidate_lines(plan: MatchPlan, text: str) -> List[Tuple[str, Tuple[Any, ...]]]:
+    """The whole lines of `text` that some watchfor may match, in order, each with the steps of the rules to try."""
+    data = text.encode("utf-8", "surrogatepass")   # a line's bytes hold a literal's iff the line holds the literal
+    hays = (data, data.lower() if plan.traps else data)
+    finds = [_finder(plan.strstr, hay) for hay in hays]
+    found = dict.fromkeys([0, *itertools.accumulate(len(x) + 1 for x in data.split(b"\n"))][:-2] if plan.every else (),
+                          0)                        # line start -> the rules whose literal it holds
+    for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
+        hay = hays[ci]                              # bytes.find costs less to call, and takes a NUL
+        find = hay.find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]
+        pos = find(needle, 0)
         while pos >= 0:
-            starts.add(rfind("\n", 0, pos) + 1)
-            end = find("\n", pos)
-            if end < 0:
+            start, end = hay.rfind(b"\n", 0, pos) + 1, hay.find(b"\n", pos)
+            if end < 0:                             # not a whole line
                 break
-            pos = find(lit, end + 1)
-    if plan.regex is not None:
-        pos, search = 0, plan.regex.search
-        while True:
-            m = search(text, pos)
-            if m is None or m.start() >= len(text):   # an empty match after the last line
-                break
-            starts.add(text.rfind("\n", 0, m.start()) + 1)
-            end = text.find("\n", m.start())
-            if end < 0:
-                break
-            pos = end + 1
-    return sorted(starts)
-
-
-def term_literals(t: Term) -> Optional[Tuple[Tuple[str, ...], bool]]:
-    """(literals one of which every match contains, casefolded if the term ignores case; that flag), or None if none."""
-    ci = bool(t.regex.flags & re.IGNORECASE)
-    lits = [] if t.regex.flags & re.VERBOSE else required_literals(t.regex.pattern)
-    if not lits or (ci and not all(x.isascii() for x in lits)):
-        return None
-    return tuple(x.casefold() if ci else x for x in lits), ci
+            mask = 0
+            for lit, bits in entries:
+                if lit is None or hay.find(lit, start, end) >= 0:
+                    mask |= bits
+            if mask:
+                found[start] = found.get(start, 0) | mask
+            pos = find(needle, end + 1)
+    out, memo = [], {}                              # type: Any
+    for start in sorted(found):
+        mask = found[start] | plan.always
+        steps = memo.get(mask) or memo.setdefault(mask, tuple(s if plan.always >> i & 1 else (s[0], None, None)
+                                                              for i, s in enumerate(plan.steps) if mask >> i & 1))
+        out.append((text[start:text.index("\n", start)] if text.isascii() else
+                    data[start:data.index(b"\n", start)].decode("utf-8", "surrogatepass"), steps))
+    return out
 
 # -- thresholds ------------------------------------------------------------
 # swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] in integer seconds of
@@ -1839,9 +1843,6 @@ class Sentinel:
         self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
-        # per rule: one case-sensitive literal its line must contain, or the general check (several, or casefolded)
-        self.steps = [(r, c[0][0] if c is not None and len(c[0]) == 1 and not c[1] else None, c)
-                      for r, c in zip(config.rules, self.plan.checks or [None] * len(config.rules))]
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
         idents = {r.ident for r in config.rules}
         for tables in (self.counters.thresholds, self.counters.throttles):     # counters of rules that are gone go too
@@ -1874,10 +1875,10 @@ class Sentinel:
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline."""
         self.bytes += len(text)
-        starts = candidate_lines(self.plan, text)
-        lines = text.split("\n")[:-1] if starts is None else (text[s:text.find("\n", s)] for s in starts)
-        for line in lines:
-            self.process_line(line)
+        if self.plan.sampled < min(MATCH_SAMPLE, len(text) // 2):     # the first block, or one much larger
+            self.plan = build_plan(self.rules, text)
+        for line, steps in candidate_lines(self.plan, text):
+            self.match_line(line, None, steps)
             if self.quit:
                 break
         self.runner.flush()
@@ -1894,19 +1895,21 @@ class Sentinel:
         self.runner.flush()
 
     def process_line(self, line: str, fields: Optional[Dict[str, str]] = None, origin: str = "") -> None:
+        self.match_line(line, fields, self.plan.steps, origin)
+
+    def match_line(self, line: str, fields: Optional[Dict[str, str]], steps: Sequence[Any], origin: str = "") -> None:
+        """Try the rules of `steps`, (rule, literal check) as in MatchPlan.steps, in order."""
         if self.self_tag is not None and self.self_tag in line and self.is_own_line(line):  # no call per line
             return
         folded: Optional[str] = None
-        for rule, single, check in self.steps:
+        for rule, single, check in steps:
             if single is not None:                  # the common case, kept cheap
                 if single not in line:
                     continue
             elif check is not None:
-                lits, ci = check
-                if ci and folded is None:
+                if check[1] and folded is None:
                     folded = line.casefold().replace("\u0131", "i").replace("i\u0307", "i")     # dotless and dotted I
-                hay = folded if ci else line
-                if not any(lit in hay for lit in lits):
+                if not (any(x in line for x in check[0]) or any(x in folded for x in check[1])):  # type: ignore
                     continue                        # cannot match: skip the regex
             m = rule.pattern.match(line, fields)
             if m is None:

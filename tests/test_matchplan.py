@@ -1,6 +1,7 @@
 """The fast path (literal/regex candidate search over a block of lines)
 must select exactly the lines the rules match one by one."""
 
+import dataclasses
 import glob
 import io
 import os
@@ -17,17 +18,18 @@ def matched_lines(config, text, use_plan=True):
     out = io.StringIO()
     runner = bs.ActionRunner(out)
     sentinel = bs.Sentinel(config, runner, bs.Counters(), clock=lambda: 0.0)
-    if not use_plan:
-        sentinel.plan = bs.MatchPlan((), None, True)
+    if not use_plan:                        # every line through every rule's own literal check
+        sentinel.plan = dataclasses.replace(bs.build_plan(config.rules), passes=(), traps=(), every=True,
+                                            always=(1 << len(config.rules)) - 1, sampled=1 << 30)
     hits = []
-    original = sentinel.process_line
+    original = sentinel.match_line
 
-    def spy(line):
+    def spy(line, fields, steps, origin=""):
         before = sentinel.matches
-        original(line)
+        original(line, fields, steps, origin)
         if sentinel.matches != before:
             hits.append(line)
-    sentinel.process_line = spy
+    sentinel.match_line = spy
     sentinel.process_text(text)
     return hits
 
@@ -36,13 +38,24 @@ def config_of(text):
     return bs.parse_config("t.conf", text)
 
 
+def required_literals(src, min_len=3):
+    """The literal set whose shortest member is longest (the per-line check's), or [] if none is min_len long."""
+    best = max(bs.literal_sets(src), key=bs._shortest, default=())
+    return [x for x, _ in best] if best and bs._shortest(best)[0] >= min_len else []
+
+
 def test_required_literal_examples():
-    assert bs.required_literals(r"sshd\[\d+\]: Failed password for (\S+)") == ["]: Failed password for "]
-    assert bs.required_literals("INVALID|REPEATED|INCOMPLETE") == ["INVALID", "REPEATED", "INCOMPLETE"]
-    assert bs.required_literals("ab|c") == []              # 'c' is too short to help
-    assert bs.required_literals(r"(ab|cd)efg") == ["efg"]
-    assert bs.required_literals(r"abcd?e") == ["abc"]       # d is optional
-    assert bs.required_literals(r"x{0,3}yzw") == ["yzw"]
+    assert required_literals(r"sshd\[\d+\]: Failed password for (\S+)") == ["]: Failed password for "]
+    assert required_literals("INVALID|REPEATED|INCOMPLETE") == ["INVALID", "REPEATED", "INCOMPLETE"]
+    assert required_literals("ab|c") == []              # 'c' is too short to help
+    assert required_literals(r"(ab|cd)efg") == ["efg"]
+    assert required_literals(r"abcd?e") == ["abc"]       # d is optional
+    assert required_literals(r"x{0,3}yzw") == ["yzw"]
+    assert bs.literal_sets(r"(Failed|Accepted) password") == [(("Failed", False), ("Accepted", False)),
+                                                             ((" password", False),)]
+    assert bs.literal_sets(r"Foo(?i:bar)", True) == [(("foo", True),)]          # lowered; (?i:) has none
+    assert bs.literal_sets("Stra\u00dfe|x", True) == []                          # not ASCII: no set
+    assert bs.literal_sets("(unbalanced") == []
 
 
 ATOMS = ["a", "b", "c", "ab", "abc", r"\.", "x", "[ab]", "(a|b)", "(?:bc)?", r"\d", r"\s", "a*",
@@ -54,15 +67,17 @@ ATOMS = ["a", "b", "c", "ab", "abc", r"\.", "x", "[ab]", "(a|b)", "(?:bc)?", r"\
 @given(st.lists(st.sampled_from(ATOMS), min_size=1, max_size=7),
        st.lists(st.text(alphabet="abcxyABC.1 ]}", max_size=14), min_size=1, max_size=12))
 def test_required_literals_are_in_every_match(atoms, samples):
+    """Every set (not only the one the per-line check takes): the block search may choose any."""
     src = "".join(atoms)
     try:
         rx = re.compile(src)
     except re.error:
         return
-    lits = bs.required_literals(src, 1)
+    sets = bs.literal_sets(src)
     for s in samples:
-        if rx.search(s) and lits:
-            assert any(lit in s for lit in lits), (src, lits, s)
+        if rx.search(s):
+            for lits in sets:
+                assert any(lit in s for lit, _ in lits), (src, lits, s)
 
 
 @settings(max_examples=150, deadline=None)
