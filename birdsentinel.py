@@ -1729,13 +1729,12 @@ def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
     return lambda needle, pos: -1 if (at := strstr(base + pos, needle)) is None else at - base
 
 
-def candidate_lines(plan: MatchPlan, text: str) -> List[Tuple[str, Tuple[Any, ...]]]:
+def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
     """The whole lines of `text` that some watchfor may match, in order, each with the steps of the rules to try."""
     data = text.encode("utf-8", "surrogatepass")   # a line's bytes hold a literal's iff the line holds the literal
     hays = (data, data.lower() if plan.traps else data)
     finds = [_finder(plan.strstr, hay) for hay in hays]
-    found = dict.fromkeys([0, *itertools.accumulate(len(x) + 1 for x in data.split(b"\n"))][:-2] if plan.every else (),
-                          0)                        # line start -> the rules whose literal it holds
+    found: Dict[int, int] = {}                      # line start -> the rules whose literal it holds
     for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
         hay = hays[ci]                              # bytes.find costs less to call, and takes a NUL
         find = hay.find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]
@@ -1751,14 +1750,14 @@ def candidate_lines(plan: MatchPlan, text: str) -> List[Tuple[str, Tuple[Any, ..
             if mask:
                 found[start] = found.get(start, 0) | mask
             pos = find(needle, end + 1)
-    out, memo = [], {}                              # type: Any
-    for start in sorted(found):
-        mask = found[start] | plan.always
+    memo: Dict[int, Tuple[Any, ...]] = {}
+    for start in itertools.chain((0,), (m.end() for m in re.finditer(b"\n", data))) if plan.every else sorted(found):
+        end, mask = data.find(b"\n", start), found.get(start, 0) | plan.always
+        if end < 0:                                 # not a whole line
+            break
         steps = memo.get(mask) or memo.setdefault(mask, tuple(s if plan.always >> i & 1 else (s[0], None, None)
                                                               for i, s in enumerate(plan.steps) if mask >> i & 1))
-        out.append((text[start:text.index("\n", start)] if text.isascii() else
-                    data[start:data.index(b"\n", start)].decode("utf-8", "surrogatepass"), steps))
-    return out
+        yield text[start:end] if text.isascii() else data[start:end].decode("utf-8", "surrogatepass"), steps
 
 # -- thresholds ------------------------------------------------------------
 # swatch 3.2.4's exact semantics, as pure functions of (bucket, now).  A bucket is [first, events] in integer seconds of

@@ -144,3 +144,80 @@ watchfor /I\\/O error/
 """)
     text = "\n".join(lines) + "\n"
     assert matched_lines(config, text) == matched_lines(config, text, use_plan=False)
+
+
+def filler(size=2 * bs.MATCH_SAMPLE):
+    """Syslog-like lines for a full sample, without %, Q, Z, J or a NUL byte."""
+    lines, n = [], 0
+    while sum(map(len, lines)) < size:
+        n += 1
+        lines.append("Nov  3 07:%02d:%02d mailgw sshd[%d]: Accepted publickey for root from 10.0.%d.%d port 22 - ok\n"
+                     % (n // 60 % 60, n % 60, 4000 + n, n % 250, n % 7))
+    return "".join(lines)
+
+
+SHORT = config_of("""ignore /%NOISE/
+watchfor /%\\w+-\\d/
+    echo
+watchfor /%SYS-5-RESTART/
+    echo
+watchfor /Q\\d/
+    echo
+watchfor /sshd\\[\\d+\\]: Failed/
+    echo
+watchfor /(zz|ZJ)-\\d/i
+    echo
+""")
+PLANTED = ["x %SYS-5-RESTART y", "Q7 here", "sshd[1]: Failed password", "ZJ-1", "%NOISE-1", "nothing", "QQ", "zz-x"]
+
+
+def test_short_literals_a_byte_the_sample_lacks_and_dispatch():
+    """On a full sample without %, Q and Z: a rule whose only literals are short takes them, the literals holding a
+    byte the sample lacks share one pass for it (in the lowered block for /i), and each line found goes only to the
+    rules whose literal it holds, and to the ignore rule (with its own check)."""
+    plan = bs.build_plan(SHORT.rules, filler())
+    needles = {(needle, ci): sorted(lit or needle for lit, _ in entries) for needle, ci, _, entries in plan.passes}
+    assert needles[b"%", False] == [b"%", b"%SYS-5-RESTART"]
+    assert needles[b"Q", False] == [b"Q"]
+    assert needles[b"z", True] == [b"zj", b"zz"]
+    assert plan.always == 1 and not plan.every and plan.traps
+    got = [(line, [r.index for r, _, _ in steps]) for line, steps in
+           bs.candidate_lines(plan, "".join(x + "\n" for x in PLANTED))]
+    assert got == [("x %SYS-5-RESTART y", [0, 1, 2]), ("Q7 here", [0, 3]), ("sshd[1]: Failed password", [0, 4]),
+                   ("ZJ-1", [0, 5]), ("%NOISE-1", [0, 1]), ("QQ", [0, 3]), ("zz-x", [0, 5])]
+    assert [steps for _, steps in bs.candidate_lines(plan, "Q\n")] == [
+        (plan.steps[0], (plan.steps[3][0], None, None))]            # the ignore rule keeps its check, not the found
+    text = filler() + "".join(x + "\n" for x in PLANTED * 3)
+    assert matched_lines(SHORT, text) == matched_lines(SHORT, text, use_plan=False) != []
+
+
+def test_no_short_literal_without_a_full_sample():
+    """A small first block cannot show a character rare: the rule without a 3-character literal makes every line a
+    candidate, until a block large enough to choose on comes."""
+    plan = bs.build_plan(SHORT.rules, "Nov  3 07:14:06 mailgw sshd[1]: Accepted\n")
+    assert plan.every and all(len(needle) >= 3 for needle, _, _, _ in plan.passes)
+
+
+def test_bytes_and_text_find_the_same_lines():
+    """The search runs on the block's UTF-8 bytes: around a literal, multi-byte characters, invalid bytes (U+FFFD once
+    decoded, as LineSplitter does), a NUL (strstr stops at one: bytes.find then), and for /i the letters
+    re.IGNORECASE takes for an ASCII one (dotted and dotless I, long s, Kelvin sign), with and without strstr."""
+    config = config_of("""watchfor /Failed password/
+    echo
+watchfor /%SYS-5-RESTART:/
+    echo
+watchfor /kernel: \\S+ error/i
+    echo
+watchfor /caf\u00e9 \u20ac/
+    echo
+watchfor /sess/i
+    echo
+""")
+    raw = [b"\xffFailed password", b"caf\xc3\xa9 \xe2\x82\xac x", b"\xe2\x82 Failed password\xc3", b"a\x00b %SYS-5-RESTART:",
+           "\u212aERNEL: disk ERROR".encode(), "kernel: x error\ufffd".encode(), "Fa\u0130led password".encode(),
+           "\u017fe\u017f\u017f".encode(), "se\u017fs".encode(), "\u0130SS".encode(), b"nothing \xc0\xaf"]
+    text = bs.LineSplitter("t").feed(filler().encode() + b"".join(x + b"\n" for x in raw * 2))
+    fast, slow = matched_lines(config, text), matched_lines(config, text, use_plan=False)
+    assert fast == slow and len(fast) == 16
+    plan = bs.build_plan(config.rules, text)
+    assert list(bs.candidate_lines(plan, text)) == list(bs.candidate_lines(dataclasses.replace(plan, strstr=None), text))
