@@ -1671,17 +1671,19 @@ class MatchPlan:
     """How to find the candidate lines of a block, and the rules each goes to (see above)."""
     steps: Tuple[Tuple[Rule, Optional[str], Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]]], ...]   # per rule:
     # (rule, its one case-sensitive literal, or its literals (case-sensitive, lowered)): match_line's checks
+    sets: Tuple[List[Tuple[Tuple[str, bool], ...]], ...]       # per rule: rule_sets
     sampled: int                                # bytes of the sample the passes were chosen on
     passes: Tuple[Tuple[bytes, bool, bool, Tuple[Tuple[Optional[bytes], int], ...]], ...]   # (needle, in the lowered
     traps: Tuple[Any, ...]                      # block, bytes.find, ((literal the line must hold or None, rules), ..))
     always: int                                 # rules tried on every candidate line, with their check
     every: bool                                 # every line is a candidate
     strstr: Any                                 # libc's, or None
+    memo: Dict[int, Tuple[Any, ...]] = field(default_factory=dict, compare=False)     # rules mask -> their steps
 
 
-def build_plan(rules: Sequence[Rule], text: str = "") -> MatchPlan:
+def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] = None) -> MatchPlan:
     """The plan whose passes cost least on `text`, a sample of the log (3 us a pass over 64 KiB, 1 us a line found);
-    literals shorter than 3 need a full sample."""
+    literals shorter than 3 need a full sample.  `old`: a plan of the same rules, whose sets it takes."""
     sample = text[:MATCH_SAMPLE].encode("utf-8", "surrogatepass")
     hays, full, lines, counts = (sample, sample.lower()), len(sample) >= MATCH_SAMPLE, sample.count(b"\n"), {}
 
@@ -1690,8 +1692,8 @@ def build_plan(rules: Sequence[Rule], text: str = "") -> MatchPlan:
             counts[x, ci] = hays[ci].count(x)
         return counts[x, ci]
     steps, chosen, always, folded, every = [], {}, 0, 0, False   # type: Any
-    for i, r in enumerate(rules):
-        sets = rule_sets(r)
+    all_sets = old.sets if old else tuple(rule_sets(r) for r in rules)     # parsing is the slow part
+    for i, (r, sets) in enumerate(zip(rules, all_sets)):
         best = max((s for s in sets if _shortest(s)[0] >= 3), key=_shortest, default=())
         check = (tuple(x for x, ci in best if not ci), tuple(x for x, ci in best if ci)) if best else None
         steps.append((r, check[0][0] if check and len(best) == 1 and check[0] else None, check))
@@ -1716,7 +1718,8 @@ def build_plan(rules: Sequence[Rule], text: str = "") -> MatchPlan:
     except (OSError, AttributeError):               # no such libc
         strstr = None
     return MatchPlan(   # re.IGNORECASE takes these for an ASCII letter, bytes.lower() does not: traps
-        tuple(steps), len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e)) for (u, ci), e in passes.items()),
+        tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e))
+                                                   for (u, ci), e in passes.items()),
         tuple((c.encode(), False, True, ((None, folded),)) for c in "\u0130\u0131\u017f\u212a" if folded),
         always, every, strstr)
 
@@ -1732,31 +1735,25 @@ def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
 def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
     """The whole lines of `text` that some watchfor may match, in order, each with the steps of the rules to try."""
     data = text.encode("utf-8", "surrogatepass")   # a line's bytes hold a literal's iff the line holds the literal
-    hays = (data, data.lower() if plan.traps else data)
+    hays, whole = (data, data.lower() if plan.traps else data), data.rfind(b"\n") + 1     # whole lines end there
     finds = [_finder(plan.strstr, hay) for hay in hays]
     found: Dict[int, int] = {}                      # line start -> the rules whose literal it holds
     for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
         hay = hays[ci]                              # bytes.find costs less to call, and takes a NUL
         find = hay.find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]
         pos = find(needle, 0)
-        while pos >= 0:
+        while 0 <= pos < whole:
             start, end = hay.rfind(b"\n", 0, pos) + 1, hay.find(b"\n", pos)
-            if end < 0:                             # not a whole line
-                break
-            mask = 0
             for lit, bits in entries:
                 if lit is None or hay.find(lit, start, end) >= 0:
-                    mask |= bits
-            if mask:
-                found[start] = found.get(start, 0) | mask
+                    found[start] = found.get(start, 0) | bits
             pos = find(needle, end + 1)
-    memo: Dict[int, Tuple[Any, ...]] = {}
     for start in itertools.chain((0,), (m.end() for m in re.finditer(b"\n", data))) if plan.every else sorted(found):
         end, mask = data.find(b"\n", start), found.get(start, 0) | plan.always
         if end < 0:                                 # not a whole line
             break
-        steps = memo.get(mask) or memo.setdefault(mask, tuple(s if plan.always >> i & 1 else (s[0], None, None)
-                                                              for i, s in enumerate(plan.steps) if mask >> i & 1))
+        steps = plan.memo.get(mask) or (plan.memo if len(plan.memo) < 4096 else {}).setdefault(mask, tuple(
+            s if plan.always >> i & 1 else (s[0], None, None) for i, s in enumerate(plan.steps) if mask >> i & 1))
         yield text[start:end] if text.isascii() else data[start:end].decode("utf-8", "surrogatepass"), steps
 
 # -- thresholds ------------------------------------------------------------
@@ -1875,7 +1872,7 @@ class Sentinel:
         """A block of complete lines, each ending in a newline."""
         self.bytes += len(text)
         if self.plan.sampled < min(MATCH_SAMPLE, len(text) // 2):     # the first block, or one much larger
-            self.plan = build_plan(self.rules, text)
+            self.plan = build_plan(self.rules, text, self.plan)
         for line, steps in candidate_lines(self.plan, text):
             self.match_line(line, None, steps)
             if self.quit:
