@@ -1622,7 +1622,7 @@ class Inotify:
 def literal_sets(src: str, ci: bool = False) -> List[Tuple[Tuple[str, bool], ...]]:
     """Sets of (literal, ci) of which every match of the regex `src` holds a member each, from its parse tree: each run
     of plain characters, those of each group and repeat (at least once), one of each alternation (a member per branch).
-    Lowered if ci, and then all-ASCII only (see candidate_lines); [] if the parser cannot read it."""
+    Lowered if ci, then all-ASCII only (the block is lowered by bytes.lower()); [] if the parser cannot read it."""
     p = getattr(re, "_parser", None) or re.sre_parse    # type: ignore[attr-defined]   # Python 3.9, 3.10: sre_parse
 
     def walk(seq: Any) -> List[Tuple[Tuple[str, bool], ...]]:
