@@ -157,7 +157,7 @@ STATE_VERSION = 1
 
 READ_BLOCK = 1 << 18          # bytes read at a time
 MAX_LINE = 64 * 1024          # longer lines keep their first MAX_LINE bytes
-MATCH_SAMPLE = 1 << 16        # bytes of log on which each rule's rarest literals are chosen
+MATCH_SAMPLE = 1 << 15        # bytes of log on which each rule's rarest literals are chosen
 FINGERPRINT_LEN = 128         # bytes at a file's start that identify it
 MIN_FINGERPRINT = 16          # fewer first bytes than this identify nothing
 RETIRED_GRACE = 60.0          # seconds a rotated file is still read
@@ -1736,7 +1736,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
     """The whole lines of `text` that some watchfor may match, in order, each with the steps of the rules to try."""
     data = text.encode("utf-8", "surrogatepass")   # a line's bytes hold a literal's iff the line holds the literal
     hays, whole = (data, data.lower() if plan.traps else data), data.rfind(b"\n") + 1     # whole lines end there
-    finds = [_finder(plan.strstr, hay) for hay in hays]
+    finds = [_finder(plan.strstr if whole > 4096 else None, hay) for hay in hays]     # a call costs more in a short one
     found: Dict[int, int] = {}                      # line start -> the rules whose literal it holds
     for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
         hay = hays[ci]                              # bytes.find costs less to call, and takes a NUL
