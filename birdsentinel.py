@@ -1620,9 +1620,8 @@ class Inotify:
 # line a candidate), in order.
 
 def literal_sets(src: str, ci: bool = False) -> List[Tuple[Tuple[str, bool], ...]]:
-    """Sets of (literal, ci) of which every match of the regex `src` holds a member each, from its parse tree: each run
-    of plain characters, those of each group and repeat (at least once), one of each alternation (a member per branch).
-    Lowered if ci, then all-ASCII only (the block is lowered by bytes.lower()); [] if the parser cannot read it."""
+    """Sets of (literal, ci), every match of the regex `src` holding a member of each: each run of plain characters,
+    those of each group and repeat (at least once), one per alternation; lowered if ci, then ASCII only ([]: unread)."""
     p = getattr(re, "_parser", None) or re.sre_parse    # type: ignore[attr-defined]   # Python 3.9, 3.10: sre_parse
 
     def walk(seq: Any) -> List[Tuple[Tuple[str, bool], ...]]:
@@ -1682,14 +1681,21 @@ class MatchPlan:
 
 
 def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] = None) -> MatchPlan:
-    """The plan whose passes cost least on `text`, a sample of the log (3 us a pass over 64 KiB, 1 us a line found);
+    """The plan whose passes cost least on `text`, a sample of the log (a pass costs about what 3 lines it finds do);
     literals shorter than 3 need a full sample.  `old`: a plan of the same rules, whose sets it takes."""
+    strstr = getattr(ctypes.CDLL(None), "strstr", None)    # glibc's is SIMD: 3 to 5 times as fast as bytes.find
+    if strstr is not None:
+        strstr.restype, strstr.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_char_p)
     sample = text[:MATCH_SAMPLE].encode("utf-8", "surrogatepass")
     hays, full, lines, counts = (sample, sample.lower()), len(sample) >= MATCH_SAMPLE, sample.count(b"\n"), {}
+    finds = [_finder(strstr, hay) for hay in hays]
 
-    def count(x: bytes, ci: bool) -> int:
+    def count(x: bytes, ci: bool) -> int:           # to a tenth of the lines: strstr beats bytes.count but on a byte
         if (x, ci) not in counts:
-            counts[x, ci] = hays[ci].count(x)
+            n, pos = (hays[ci].count(x), -1) if len(x) == 1 else (0, finds[ci](x, 0))
+            while 0 <= pos and n <= lines // 10:
+                n, pos = n + 1, finds[ci](x, pos + 1)
+            counts[x, ci] = n
         return counts[x, ci]
     steps, chosen, always, folded, every = [], {}, 0, 0, False   # type: Any
     all_sets = old.sets if old else tuple(rule_sets(r) for r in rules)     # parsing is the slow part
@@ -1704,19 +1710,16 @@ def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] =
                 chosen[lit], folded = chosen.get(lit, 0) | 1 << i, folded | lit[1] << i
         else:
             always, every = always | 1 << i, every or r.kind == "watchfor"
-    cover = collections.Counter((b, ci) for lit, ci in chosen for b in set(lit))     # literals holding each byte
+    grams = {x: {x[0][j:j + n] for n in (1, 2) for j in range(len(x[0]) - n + 1)} for x in chosen}   # bytes, pairs
+    cover = collections.Counter((u, x[1]) for x, us in grams.items() for u in us)     # literals holding each
     passes: Dict[Tuple[bytes, bool], List[Tuple[Optional[bytes], int]]] = {}
-    for (lit, ci), bits in chosen.items():          # a byte the sample lacks: one pass for the literals with it;
-        b = bytes((min(set(lit), key=lambda b: (count(bytes((b,)), ci), -cover[b, ci], b)),))    # else strstr, fastest
+    for (lit, ci), bits in chosen.items():          # a byte or pair the sample lacks: one pass for the literals with
+        b = min((u for u in grams[lit, ci] if len(u) == 1 or cover[u, ci] > 1),      # it; else strstr, fastest from
+                key=lambda u: (count(u, ci) > 0, -cover[u, ci], u))                  # a rare pair on
         j = min(range(max(len(lit) - 1, 1)), key=lambda j: (count(lit[j:j + 1], ci) * count(lit[j + 1:j + 2], ci), j))
-        j = j if full and count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else 0    # from a rare pair on
+        j = j if full and count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else 0
         u = (b, ci) if full and not count(b, ci) else (lit[j:], ci)
         passes.setdefault(u, []).append((None if u[0] == lit else lit, bits))
-    try:                                            # glibc's is SIMD: 3 to 5 times as fast as bytes.find
-        strstr = ctypes.CDLL(None).strstr
-        strstr.restype, strstr.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_char_p)
-    except (OSError, AttributeError):               # no such libc
-        strstr = None
     return MatchPlan(   # re.IGNORECASE takes these for an ASCII letter, bytes.lower() does not: traps
         tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e))
                                                    for (u, ci), e in passes.items()),
@@ -1739,8 +1742,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
     finds = [_finder(plan.strstr if whole > 4096 else None, hay) for hay in hays]     # a call costs more in a short one
     found: Dict[int, int] = {}                      # line start -> the rules whose literal it holds
     for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
-        hay = hays[ci]                              # bytes.find costs less to call, and takes a NUL
-        find = hay.find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]
+        hay, find = hays[ci], hays[ci].find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]  # cheaper
         pos = find(needle, 0)
         while 0 <= pos < whole:
             start, end = hay.rfind(b"\n", 0, pos) + 1, hay.find(b"\n", pos)
@@ -1748,10 +1750,9 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
                 if lit is None or hay.find(lit, start, end) >= 0:
                     found[start] = found.get(start, 0) | bits
             pos = find(needle, end + 1)
-    for start in itertools.chain((0,), (m.end() for m in re.finditer(b"\n", data))) if plan.every else sorted(found):
+    every = itertools.chain((0,) if whole else (), (m.end() for m in re.compile(b"\n").finditer(data, 0, whole - 1)))
+    for start in every if plan.every else sorted(found):
         end, mask = data.find(b"\n", start), found.get(start, 0) | plan.always
-        if end < 0:                                 # not a whole line
-            break
         steps = plan.memo.get(mask) or (plan.memo if len(plan.memo) < 4096 else {}).setdefault(mask, tuple(
             s if plan.always >> i & 1 else (s[0], None, None) for i, s in enumerate(plan.steps) if mask >> i & 1))
         yield text[start:end] if text.isascii() else data[start:end].decode("utf-8", "surrogatepass"), steps

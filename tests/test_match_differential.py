@@ -376,7 +376,7 @@ def full_sample_log(data, specs) -> "list[str]":
     for line in c.lines[start:] + c.lines[:start]:
         filler.append(line)
         size += len(line.encode()) + 1
-        if size > 2 * bs.MATCH_SAMPLE:
+        if size > 3 * bs.MATCH_SAMPLE:             # the first block: 1.5 samples
             break
     head = len(filler) // 2
     tail = filler[head:] + data.draw(log_for(specs), label="log")
