@@ -1612,12 +1612,11 @@ class Inotify:
 # ==== Matching ===============================================================
 # Candidate lines, swatch's thresholds and throttles, and the Sentinel.
 # -- finding candidate lines fast -------------------------------------------
-# Most lines match no rule.  Each rule has sets of literals, each such that every line it matches holds a member (read
-# from the regex's parse tree, inside groups too; an alternation gives a set), and takes the set rarest in a sample of
-# the log.  A block is encoded to UTF-8 once and searched once per literal, with libc's strstr (SIMD in glibc) from its
-# rarest pair of bytes on; literals holding a byte the sample lacks share one pass for it.  A line found goes only to
-# the rules whose literal it holds and to those no literal stands for (ignore rules; a watchfor without one makes every
-# line a candidate), in order.
+# Most lines match no rule.  Each rule has sets of literals, every line it matches holding a member of each (from the
+# regex's parse tree, groups included; an alternation gives a set), and takes the set rarest in a sample of the log.  A
+# block is encoded to UTF-8 once and searched once per literal with libc's strstr (SIMD in glibc), from its rarest pair
+# of bytes on; literals holding a byte or pair the sample lacks share a pass for it.  A line found goes only to the
+# rules whose literal it holds and to those none stands for (ignore rules; a watchfor without one: all lines), in order.
 
 def literal_sets(src: str, ci: bool = False) -> List[Tuple[Tuple[str, bool], ...]]:
     """Sets of (literal, ci), every match of the regex `src` holding a member of each: each run of plain characters,
@@ -1625,8 +1624,7 @@ def literal_sets(src: str, ci: bool = False) -> List[Tuple[Tuple[str, bool], ...
     p = getattr(re, "_parser", None) or re.sre_parse    # type: ignore[attr-defined]   # Python 3.9, 3.10: sre_parse
 
     def walk(seq: Any) -> List[Tuple[Tuple[str, bool], ...]]:
-        sets: List[Tuple[Tuple[str, bool], ...]] = []
-        run = ""
+        sets, run = [], ""                          # type: List[Tuple[Tuple[str, bool], ...]], str
         for op, av in list(seq) + [(None, None)]:   # the last one ends the last run
             if op is p.LITERAL:
                 run += chr(av)
@@ -1660,9 +1658,8 @@ def rule_sets(r: Rule) -> List[Tuple[Tuple[str, bool], ...]]:
             for t in terms]                         # a field is not the line
     if not r.pattern.any_of:
         return [s for ss in sets for s in ss]
-    if len(terms) < len(r.pattern.terms) or not all(sets):     # a term that can match a line without a literal
-        return []
-    return [tuple(dict.fromkeys(x for ss in sets for x in max(ss, key=_shortest)))]
+    sure = len(terms) == len(r.pattern.terms) and all(sets)    # no negated term, none without a set
+    return [tuple(dict.fromkeys(x for ss in sets for x in max(ss, key=_shortest)))] if sure else []
 
 
 @dataclass(frozen=True)
@@ -1683,9 +1680,8 @@ class MatchPlan:
 def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] = None) -> MatchPlan:
     """The plan whose passes cost least on `text`, a sample of the log (a pass costs about what 3 lines it finds do);
     literals shorter than 3 need a full sample.  `old`: a plan of the same rules, whose sets it takes."""
-    strstr = getattr(ctypes.CDLL(None), "strstr", None)    # glibc's is SIMD: 3 to 5 times as fast as bytes.find
-    if strstr is not None:
-        strstr.restype, strstr.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_char_p)
+    strstr = ctypes.CDLL(None).strstr               # standard C; glibc's is SIMD: 3 to 5 times as fast as bytes.find
+    strstr.restype, strstr.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_char_p)
     sample = text[:MATCH_SAMPLE].encode("utf-8", "surrogatepass")
     hays, full, lines, counts = (sample, sample.lower()), len(sample) >= MATCH_SAMPLE, sample.count(b"\n"), {}
     finds = [_finder(strstr, hay) for hay in hays]
@@ -1737,6 +1733,10 @@ def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
 
 def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
     """The whole lines of `text` that some watchfor may match, in order, each with the steps of the rules to try."""
+    mid = text.find("\n", len(text) // 2) + 1       # many short lines: in halves, so that `found` stays small
+    if len(text) > 1 << 16 and 0 < mid < len(text) and text.count("\n", 0, 4096) > 256:
+        yield from itertools.chain(candidate_lines(plan, text[:mid]), candidate_lines(plan, text[mid:]))
+        return
     data = text.encode("utf-8", "surrogatepass")   # a line's bytes hold a literal's iff the line holds the literal
     hays, whole = (data, data.lower() if plan.traps else data), data.rfind(b"\n") + 1     # whole lines end there
     finds = [_finder(plan.strstr if whole > 4096 else None, hay) for hay in hays]     # a call costs more in a short one
@@ -1748,7 +1748,7 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
             start, end = hay.rfind(b"\n", 0, pos) + 1, hay.find(b"\n", pos)
             for lit, bits in entries:
                 if lit is None or hay.find(lit, start, end) >= 0:
-                    found[start] = found.get(start, 0) | bits
+                    found[start] = found[start] | bits if start in found else bits     # shared, not a copy
             pos = find(needle, end + 1)
     every = itertools.chain((0,) if whole else (), (m.end() for m in re.compile(b"\n").finditer(data, 0, whole - 1)))
     for start in every if plan.every else sorted(found):

@@ -221,3 +221,21 @@ watchfor /sess/i
     assert fast == slow and len(fast) == 16
     plan = bs.build_plan(config.rules, text)
     assert list(bs.candidate_lines(plan, text)) == list(bs.candidate_lines(dataclasses.replace(plan, strstr=None), text))
+
+
+def test_many_short_lines_are_searched_in_halves():
+    """A block of many short lines goes in halves (the lines found at a time stay few, and so does memory), cut at a
+    newline, even with one long line across the middle: the same lines as one by one."""
+    lines = ["ab", "Q1", "%X-1", "zz-1", "x", "sshd[2]: Failed"] * 9000
+    for middle in ([], ["Q" * 100000 + "7"]):
+        text = "".join(x + "\n" for x in lines[:27000] + middle + lines[27000:])
+        fast = matched_lines(SHORT, text)
+        assert fast == matched_lines(SHORT, text, use_plan=False) and len(fast) == 36000 + len(middle)
+
+
+def test_only_whole_lines():
+    """A block that does not end in a newline (process_text's callers never give one): its last, partial line is left
+    out, as one by one, and the search ends."""
+    plan = bs.build_plan(SHORT.rules, filler())
+    assert [line for line, _ in bs.candidate_lines(plan, "Q1\nx Q2\nQ3 no newline")] == ["Q1", "x Q2"]
+    assert list(bs.candidate_lines(plan, "Q3 no newline")) == [] == list(bs.candidate_lines(plan, ""))
