@@ -1706,16 +1706,16 @@ def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] =
                 chosen[lit], folded = chosen.get(lit, 0) | 1 << i, folded | lit[1] << i
         else:
             always, every = always | 1 << i, every or r.kind == "watchfor"
-    grams = {x: {x[0][j:j + n] for n in (1, 2) for j in range(len(x[0]) - n + 1)} for x in chosen}   # bytes, pairs
+    grams = {x: {x[0][j:j + n] for n in (1, 2) for j in range(len(x[0]) - n + 1)} for x in chosen if full}
     cover = collections.Counter((u, x[1]) for x, us in grams.items() for u in us)     # literals holding each
     passes: Dict[Tuple[bytes, bool], List[Tuple[Optional[bytes], int]]] = {}
     for (lit, ci), bits in chosen.items():          # a byte or pair the sample lacks: one pass for the literals with
-        b = min((u for u in grams[lit, ci] if len(u) == 1 or cover[u, ci] > 1),      # it; else strstr, fastest from
-                key=lambda u: (count(u, ci) > 0, -cover[u, ci], u))                  # a rare pair on
-        j = min(range(max(len(lit) - 1, 1)), key=lambda j: (count(lit[j:j + 1], ci) * count(lit[j + 1:j + 2], ci), j))
-        j = j if full and count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else 0
-        u = (b, ci) if full and not count(b, ci) else (lit[j:], ci)
-        passes.setdefault(u, []).append((None if u[0] == lit else lit, bits))
+        u = min((u for u in grams.get((lit, ci), ()) if len(u) == 1 or cover[u, ci] > 1),  # it; else strstr, fastest
+                key=lambda u: (-cover[u, ci], u) if not count(u, ci) else (1, u), default=lit)  # from a rare pair on
+        if full and (u == lit or count(u, ci)):
+            j = min(range(len(lit) - 1 or 1), key=lambda j: (count(lit[j:j + 1], ci) * count(lit[j + 1:j + 2], ci), j))
+            u = lit[j:] if count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else lit
+        passes.setdefault((u, ci), []).append((None if u == lit else lit, bits))
     return MatchPlan(   # re.IGNORECASE takes these for an ASCII letter, bytes.lower() does not: traps
         tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e))
                                                    for (u, ci), e in passes.items()),
