@@ -1716,11 +1716,11 @@ def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] =
             j = min(range(len(lit) - 1 or 1), key=lambda j: (count(lit[j:j + 1], ci) * count(lit[j + 1:j + 2], ci), j))
             u = lit[j:] if count(lit[j:], ci) <= min(count(lit, ci) + 1, lines // 20) else lit
         passes.setdefault((u, ci), []).append((None if u == lit else lit, bits))
-    return MatchPlan(   # re.IGNORECASE takes these for an ASCII letter, bytes.lower() does not: traps
-        tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines, tuple(e))
-                                                   for (u, ci), e in passes.items()),
-        tuple((c.encode(), False, True, ((None, folded),)) for c in "\u0130\u0131\u017f\u212a" if folded),
-        always, every, strstr)
+    return MatchPlan(   # bytes.find: less to call for a byte or many lines, and not stopped by a NUL
+        tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines or len(u) == 1 or b"\0" in u,
+                                                    tuple(e)) for (u, ci), e in passes.items()),
+        tuple((c.encode(), False, True, ((None, folded),)) for c in "\u0130\u0131\u017f\u212a" if folded),  # traps:
+        always, every, strstr)                      # re.IGNORECASE takes these for an ASCII letter, bytes.lower() not
 
 
 def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
@@ -1741,8 +1741,8 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
     hays, whole = (data, data.lower() if plan.traps else data), data.rfind(b"\n") + 1     # whole lines end there
     finds = [_finder(plan.strstr if whole > 4096 else None, hay) for hay in hays]     # a call costs more in a short one
     found: Dict[int, int] = {}                      # line start -> the rules whose literal it holds
-    for needle, ci, dense, entries in plan.passes + (() if text.isascii() else plan.traps):
-        hay, find = hays[ci], hays[ci].find if dense or len(needle) == 1 or b"\0" in needle else finds[ci]  # cheaper
+    for needle, ci, by_find, entries in plan.passes + (() if text.isascii() else plan.traps):
+        hay, find = hays[ci], hays[ci].find if by_find else finds[ci]
         pos = find(needle, 0)
         while 0 <= pos < whole:
             start, end = hay.rfind(b"\n", 0, pos) + 1, hay.find(b"\n", pos)
@@ -1750,8 +1750,8 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
                 if lit is None or hay.find(lit, start, end) >= 0:
                     found[start] = found[start] | bits if start in found else bits     # shared, not a copy
             pos = find(needle, end + 1)
-    every = itertools.chain((0,) if whole else (), (m.end() for m in re.compile(b"\n").finditer(data, 0, whole - 1)))
-    for start in every if plan.every else sorted(found):
+    starts = itertools.chain((0,) if whole else (), (m.end() for m in re.compile(b"\n").finditer(data, 0, whole - 1)))
+    for start in starts if plan.every else sorted(found):
         end, mask = data.find(b"\n", start), found.get(start, 0) | plan.always
         steps = plan.memo.get(mask) or (plan.memo if len(plan.memo) < 4096 else {}).setdefault(mask, tuple(
             s if plan.always >> i & 1 else (s[0], None, None) for i, s in enumerate(plan.steps) if mask >> i & 1))

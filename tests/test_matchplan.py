@@ -239,3 +239,12 @@ def test_only_whole_lines():
     plan = bs.build_plan(SHORT.rules, filler())
     assert [line for line, _ in bs.candidate_lines(plan, "Q1\nx Q2\nQ3 no newline")] == ["Q1", "x Q2"]
     assert list(bs.candidate_lines(plan, "Q3 no newline")) == [] == list(bs.candidate_lines(plan, ""))
+
+
+def test_only_whole_lines_when_every_line_is_a_candidate():
+    """The same with a watchfor without a literal, which makes every line a candidate."""
+    config = config_of("watchfor /^\\w+\\d$/\n    echo\nwatchfor /Q\\d/\n    echo\n")
+    plan = bs.build_plan(config.rules, filler())
+    assert plan.every
+    assert [line for line, _ in bs.candidate_lines(plan, "a1\nx Q2\nb3 no newline")] == ["a1", "x Q2"]
+    assert list(bs.candidate_lines(plan, "b 3 no newline")) == [] == list(bs.candidate_lines(plan, ""))
