@@ -846,7 +846,8 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
         return Action("dm", lineno, recipients=recips, when=when, message=message)
     if key == "tweet":
         if rest:
-            raise ConfigError(path, lineno, "unexpected %r after tweet" % rest, "tweet takes options only, e.g. tweet,defang=no")
+            raise ConfigError(path, lineno, "unexpected %r after tweet" % rest,
+                              "tweet takes options only, e.g. tweet,defang=no")
         return Action("tweet", lineno, when=when, message=message,
                       defang=opts.get("defang", "yes").lower() not in ("no", "0", "off", "false"))
     raise AssertionError(key)
@@ -1727,8 +1728,8 @@ def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
     """hay.find(needle, pos), through strstr: a bytes object ends in a NUL byte, and one inside would stop it."""
     if strstr is None or b"\0" in hay:
         return hay.find
-    base = ctypes.cast(hay, ctypes.c_void_p).value or 0
-    return lambda needle, pos: -1 if (at := strstr(base + pos, needle)) is None else at - base
+    base = ctypes.cast(hay, ctypes.c_void_p).value or 0             # valid while hay lives: the lambda holds it
+    return lambda needle, pos, _hay=hay: -1 if (at := strstr(base + pos, needle)) is None else at - base
 
 
 def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any, ...]]]:
@@ -1870,8 +1871,10 @@ class Sentinel:
         return None
 
     def process_text(self, text: str) -> None:
-        """A block of complete lines, each ending in a newline."""
+        """A block of complete lines, each ending in a newline (after a quit: nothing)."""
         self.bytes += len(text)
+        if self.quit:
+            return
         if self.plan.sampled < min(MATCH_SAMPLE, len(text) // 2):     # the first block, or one much larger
             self.plan = build_plan(self.rules, text, self.plan)
         for line, steps in candidate_lines(self.plan, text):
@@ -1880,24 +1883,28 @@ class Sentinel:
                 break
         self.runner.flush()
 
-    def is_own_line(self, line: str) -> bool:
-        """Our own syslog line, by its header's tag: a user name can hold 'birdsentinel[PID]:' too (issue 10)."""
-        m = SYSLOG_TAG_RE.match(line)
-        return m is not None and m.group(2) == self.self_tag
-
     def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
         """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
-        self.process_line(line, fields, sanitize(origin)[:64] if origin else "")
-        self.runner.flush()
+        if not self.quit:
+            self.process_line(line, fields, sanitize(origin)[:64] if origin else "")
+            self.runner.flush()
+
+    def notify(self, text: str) -> None:
+        """Our own alert (journal entries lost while stopped): once to each X destination of the rules."""
+        to_x = {(a.kind, a.recipients): a for r in self.rules for a in r.actions if a.kind in ("dm", "tweet")}
+        for a in to_x.values():
+            self.runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
 
     def process_line(self, line: str, fields: Optional[Dict[str, str]] = None, origin: str = "") -> None:
         self.match_line(line, fields, self.plan.steps, origin)
 
     def match_line(self, line: str, fields: Optional[Dict[str, str]], steps: Sequence[Any], origin: str = "") -> None:
         """Try the rules of `steps`, (rule, literal check) as in MatchPlan.steps, in order."""
-        if self.self_tag is not None and self.self_tag in line and self.is_own_line(line):  # no call per line
-            return
+        if self.self_tag is not None and self.self_tag in line:     # our own syslog line, by its header's tag: a user
+            m = SYSLOG_TAG_RE.match(line)                            # name can hold 'birdsentinel[PID]:' (issue 10)
+            if m is not None and m.group(2) == self.self_tag:
+                return
         folded: Optional[str] = None
         for rule, single, check in steps:
             if single is not None:                  # the common case, kept cheap
@@ -2227,7 +2234,8 @@ class Outbox:
                 LOG.info("outbox %s holds %d message(s) from an earlier run", self.path, len(self.entries))
 
     def _keep(self, entry: Dict[str, Any]) -> None:
-        self.entries[entry["id"]] = self.queues.setdefault(entry["kind"], collections.OrderedDict())[entry["id"]] = entry
+        of_kind = self.queues.setdefault(entry["kind"], collections.OrderedDict())
+        self.entries[entry["id"]] = of_kind[entry["id"]] = entry
         self.text_bytes += len(entry["text"])
 
     def _append(self, records: Sequence[Dict[str, Any]], sync: bool = False) -> None:
@@ -3173,7 +3181,8 @@ class ActionRunner:
             self.enqueued += 1
             self.write_out(would_send({"kind": kind, "to": to, "text": text, "id": self.enqueued, **extra}, self.users))
             return
-        self.outbox.add(kind, to, text, self.clock(), extra, label="%s at %s line %d" % (kind, action.path, action.lineno))
+        self.outbox.add(kind, to, text, self.clock(), extra,
+                        label="%s at %s line %d" % (kind, action.path, action.lineno))
         self.enqueued += 1
         self.on_enqueue()
 
@@ -3551,10 +3560,9 @@ class App:
         if len(self.deliverer.outbox):
             LOG.warning("%d message(s) wait in the outbox for the next run", len(self.deliverer.outbox))
 
-    def open_sources(self, on_text: Callable[[str], None], on_entry: Callable[..., None],
-                     on_gap: Callable[[str], None]) -> List[Any]:
+    def open_sources(self, sentinel: Sentinel) -> List[Any]:
         """--examine FILE, --read-pipe CMD (run as argv), --omprog, the journal, or the files to follow."""
-        opts = self.opts
+        opts, on_text, on_entry = self.opts, sentinel.process_text, sentinel.process_entry
         if opts.omprog:
             return [OmprogSource(on_entry, self.outbox)]
         if journal_wanted(opts):
@@ -3563,7 +3571,7 @@ class App:
                 raise NoInputError(problem)
             if not opts.journal:
                 LOG.info("neither /var/log/messages nor /var/log/syslog exists: reading the systemd journal")
-            return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, on_gap, self.state.journal,
+            return [JournalSource(opts.journal_dir, opts.journal_match, on_entry, sentinel.notify, self.state.journal,
                                   not opts.once)]
         if opts.examine:
             try:
@@ -3588,24 +3596,7 @@ class App:
         """The one loop: poll every source (a bounded read each), commit, then wait for inotify, a signal or a pipe.
         --once, --examine and --read-pipe are the same loop with an end."""
         opts = self.opts
-
-        def on_text(text: str) -> None:
-            if not sentinel.quit:
-                sentinel.process_text(text)
-            self.dirty = True
-
-        def on_entry(line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
-            if not sentinel.quit:
-                sentinel.process_entry(line, fields, origin)
-            self.dirty = True
-
-        def on_gap(text: str) -> None:
-            """Our own alert (journal entries lost while stopped): once to each X destination."""
-            to_x = {(a.kind, a.recipients): a for r in sentinel.rules for a in r.actions if a.kind in ("dm", "tweet")}
-            for a in to_x.values():
-                runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
-
-        sources = self.open_sources(on_text, on_entry, on_gap)
+        sources = self.open_sources(sentinel)
         files = [s for s in sources if isinstance(s, FileTailer)]
         omprog = sources[0] if isinstance(sources[0], OmprogSource) else None
         finite = opts.once or self.oneoff
@@ -3621,7 +3612,7 @@ class App:
         try:
             while True:
                 for src in sources:
-                    src.poll()
+                    self.dirty = src.poll() > 0 or self.dirty       # positions to save
                 runner.reap()
                 if not self.oneoff:         # the commit point, right after alerts reach the outbox
                     committed = self.save_state(sources, force=runner.enqueued != enqueued or (
