@@ -1675,6 +1675,7 @@ class MatchPlan:
     always: int                                 # rules tried on every candidate line, with their check
     every: bool                                 # every line is a candidate
     strstr: Any                                 # libc's, or None
+    dispatch: Tuple[Any, ...]                   # per rule: its step for a line its literal found (no check left)
     memo: Dict[int, Tuple[Any, ...]] = field(default_factory=dict, compare=False)     # rules mask -> their steps
 
 
@@ -1721,7 +1722,8 @@ def build_plan(rules: Sequence[Rule], text: str = "", old: Optional[MatchPlan] =
         tuple(steps), all_sets, len(sample), tuple((u, ci, count(u, ci) * 20 > lines or len(u) == 1 or b"\0" in u,
                                                     tuple(e)) for (u, ci), e in passes.items()),
         tuple((c.encode(), False, True, ((None, folded),)) for c in "\u0130\u0131\u017f\u212a" if folded),  # traps:
-        always, every, strstr)                      # re.IGNORECASE takes these for an ASCII letter, bytes.lower() not
+        always, every, strstr,                      # re.IGNORECASE takes these for an ASCII letter, bytes.lower() not
+        tuple(s if always >> i & 1 else (s[0], None, None) for i, s in enumerate(steps)))
 
 
 def _finder(strstr: Any, hay: bytes) -> Callable[[bytes, int], int]:
@@ -1754,8 +1756,8 @@ def candidate_lines(plan: MatchPlan, text: str) -> Iterator[Tuple[str, Tuple[Any
     starts = itertools.chain((0,) if whole else (), (m.end() for m in re.compile(b"\n").finditer(data, 0, whole - 1)))
     for start in starts if plan.every else sorted(found):
         end, mask = data.find(b"\n", start), found.get(start, 0) | plan.always
-        steps = plan.memo.get(mask) or (plan.memo if len(plan.memo) < 4096 else {}).setdefault(mask, tuple(
-            s if plan.always >> i & 1 else (s[0], None, None) for i, s in enumerate(plan.steps) if mask >> i & 1))
+        steps = plan.memo.get(mask) or (plan.memo if len(plan.memo) < 1024 else {}).setdefault(   # bounded: 8 bytes
+            mask, tuple(d for i, d in enumerate(plan.dispatch) if mask >> i & 1))                  # a rule an entry
         yield text[start:end] if text.isascii() else data[start:end].decode("utf-8", "surrogatepass"), steps
 
 # -- thresholds ------------------------------------------------------------

@@ -248,3 +248,23 @@ def test_only_whole_lines_when_every_line_is_a_candidate():
     assert plan.every
     assert [line for line, _ in bs.candidate_lines(plan, "a1\nx Q2\nb3 no newline")] == ["a1", "x Q2"]
     assert list(bs.candidate_lines(plan, "b 3 no newline")) == [] == list(bs.candidate_lines(plan, ""))
+
+
+def test_rule_mask_cache_stays_small_whatever_mixes_of_literals_lines_hold():
+    """Lines that each hold a different half of 300 rules' literals (any local user can write such lines) must not
+    grow the per-plan cache of rule lists without bound: it keeps at most 1024 masks, each a tuple of the plan's own
+    per-rule steps (no copies), and every rule still sees the lines that hold its literal."""
+    n = 300
+    config = config_of("".join("watchfor /lit%03dx/\n  echo\n" % i for i in range(n)))
+    out = io.StringIO()
+    sentinel = bs.Sentinel(config, bs.ActionRunner(out), bs.Counters(), clock=lambda: 0.0)
+    sentinel.process_text("".join("filler line %d\n" % i for i in range(3000)))    # the sample the plan is built on
+    rng = random.Random(1)
+    for _ in range(12):
+        lines = [" ".join("lit%03dx" % j for j in rng.sample(range(n), n // 2)) for _ in range(300)]
+        sentinel.process_text("".join(line + "\n" for line in lines))
+    memo = sentinel.plan.memo
+    assert 0 < len(memo) <= 1024
+    own = {id(d) for d in sentinel.plan.dispatch}
+    assert all(id(step) in own for steps in memo.values() for step in steps)
+    assert len(out.getvalue().splitlines()) == 12 * 300        # each line echoed once, by its first rule
