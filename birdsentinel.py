@@ -1674,7 +1674,7 @@ class MatchPlan:
     traps: Tuple[Any, ...]                      # block, bytes.find, ((literal the line must hold or None, rules), ..))
     always: int                                 # rules tried on every candidate line, with their check
     every: bool                                 # every line is a candidate
-    strstr: Any                                 # libc's, or None
+    strstr: Any                                 # libc's (standard C: always there; short blocks use bytes.find)
     dispatch: Tuple[Any, ...]                   # per rule: its step for a line its literal found (no check left)
     memo: Dict[int, Tuple[Any, ...]] = field(default_factory=dict, compare=False)     # rules mask -> their steps
 
@@ -3179,13 +3179,12 @@ class ActionRunner:
     def enqueue(self, kind: str, to: str, message: str, action: Action, origin: str = "") -> None:
         text = format_alert(origin or self.hostname, message)
         extra = {"defang": action.defang} if kind == "tweet" else {}
+        self.enqueued += 1
         if self.dry_run or self.outbox is None:
-            self.enqueued += 1
             self.write_out(would_send({"kind": kind, "to": to, "text": text, "id": self.enqueued, **extra}, self.users))
             return
         self.outbox.add(kind, to, text, self.clock(), extra,
                         label="%s at %s line %d" % (kind, action.path, action.lineno))
-        self.enqueued += 1
         self.on_enqueue()
 
     def _popen(self, argv: List[str], stdin: int) -> subprocess.Popen:
