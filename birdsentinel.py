@@ -12,6 +12,7 @@ Command line usage:
     birdsentinel.py --authorize [--twitter-dir DIR]
     birdsentinel.py --send "MESSAGE" [--to @user|ID] [--tweet]
     birdsentinel.py --check [--online]
+    birdsentinel.py --convert-config SWATCHRC [-o NEW]
 
 Input (swatch's flags):
   -c, --config-file FILE   rules (default ~/.swatchdogrc)
@@ -34,6 +35,8 @@ Our own:
   --dry-run                show what each action would do, and do nothing
   --check [--online]       check config, layout, credentials; --online: ask X
                            about the token and each dm recipient
+  --convert-config FILE    write the swatch config FILE in this syntax (to -o
+                           NEW, or stdout), same meaning; stderr says what changed
   --log-file FILE          log here instead of stderr/syslog
   -v, --verbose            more log detail (repeat for debug)
   --version, -h/--help
@@ -50,7 +53,7 @@ X (Twitter):
   --tweet                  with --send: post instead of a direct message
 
 Config grammar (swatch 3):
-  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ combine terms;
+  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ (and, or, not) combine;
                            FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
   waitfor /REGEX/          same as watchfor
   ignore /REGEX/           drop matching lines for the rules below it
@@ -572,15 +575,17 @@ def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pat
 
 
 def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
-    """'/re/flags', '!/re/', 'FIELD=~/re/', joined by && or ||; a trailing # comment is allowed."""
+    """'/re/flags', '!/re/', 'FIELD=~/re/', joined by && or || (Perl's not, and, or too); a trailing # comment."""
     terms: List[Term] = []
-    ops = set()
+    seen = set()                            # the operators as written
     pos, n = 0, len(value)
     while True:
         pos = n - len(value[pos:].lstrip())
-        negated = value.startswith("!", pos)
-        if negated:
-            pos = n - len(value[pos + 1:].lstrip())
+        neg = re.match(r"!|not\b", value[pos:])      # swatch hands the expression to Perl: and, or, not work
+        negated = neg is not None
+        if neg:
+            seen.add(neg.group())
+            pos = n - len(value[pos + neg.end():].lstrip())
         field = FIELD_TERM_RE.match(value, pos)
         if field:
             pos = field.end()
@@ -609,14 +614,18 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         pos = n - len(value[j:].lstrip())
         if pos >= n or value[pos] == "#":
             break
-        op = value[pos:pos + 2]
-        if op not in ("&&", "||"):
+        op = re.match(r"&&|\|\||(and|or)\b", value[pos:])
+        if op is None:
             raise ConfigError(path, lineno, "unexpected %r after pattern" % value[pos:],
-                              "join patterns with && or ||; swatch does not allow trailing text")
-        ops.add(op)
-        pos += 2
+                              "join patterns with && (and) or || (or); a comment starts with #")
+        seen.add(op.group())
+        pos += op.end()
+    ops = {{"and": "&&", "or": "||"}.get(o, o) for o in seen - {"!", "not"}}
     if len(ops) > 1:
         raise ConfigError(path, lineno, "pattern mixes && and ||", "split it into two rules")
+    if "not" in seen and seen & {"&&", "||"}:
+        raise ConfigError(path, lineno, "pattern mixes not with && or ||",
+                          "write ! for not: Perl reads not /a/ && /b/ as not (/a/ && /b/)")
     if all(t.negated for t in terms):
         raise ConfigError(path, lineno, "pattern has only negated terms",
                           "add a positive /regex/ so it matches something specific")
@@ -756,7 +765,13 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
         raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc), "balance the quotes") from None
-    templates = []
+    templates, head = [], ["".join(t for t, _ in w) for w in words[:2]]
+    quoted = [m.group(0) for w in words for text, literal in w if literal for m in TEMPLATE_VAR_RE.finditer(text)
+              if (m.group(2) or m.group(1) or "x") in "_*0123456789"]
+    if quoted and not (os.path.basename(head[0]) in ("sh", "bash", "dash") and head[1:] == ["-c"]):
+        LOG.warning('"%s", line %d: %s inside single quotes is passed as the text %s, where swatch put the line or '
+                    "group; take it out of the quotes ('text '%s) or run --convert-config", path, lineno, quoted[0],
+                    quoted[0], quoted[0])
     for w in words:
         for text, literal in w:
             for m in TEMPLATE_VAR_RE.finditer(text):
@@ -1027,6 +1042,154 @@ def read_config_text(path: str, parent: str, parent_line: int) -> str:
                           "a config is text; is this the right file?")
     return data.decode("utf-8", "replace")
 
+
+# -- converting a swatch config ---------------------------------------------
+# --convert-config keeps each rule's meaning under swatch, line by line, comments and order kept.  A command that needs
+# a shell becomes sh -c 'SCRIPT' sh $_ $N..: the line and its groups reach the script as positional parameters, each
+# one argument (swatch pasted them into the shell code: a log line could run commands, and was split and globbed).
+
+PERLCODE_RE = re.compile(r"^(?:\d\s+)?(?:(?:my|our)\s+)?\$(\w+)\s*=\s*"        # my $v = 'literal';
+                         r"(?:'((?:[^'\\]|\\[^'\\])*)'|\"([^\"\\$@]*)\")\s*;?\s*$")
+PERL_STRING_RE = re.compile(r"\\(.)|\$(?:\{(\w+)\}|(\d+|[_*]|[A-Za-z_]\w*))|[^\\$]+|\$", re.S)
+RULE_KEYS = ("watchfor", "waitfor", "ignore")
+
+
+def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callable[[str], None]) -> Optional[str]:
+    """An exec/pipe command as swatch 3.2.4 runs it (outer quotes stripped, white space squeezed, then a Perl string:
+    escapes and variables, then /bin/sh if it has shell syntax) in birdsentinel's syntax; None if it cannot be."""
+    m = re.match(r"^['\"]\s*(.*)\s*['\"]$", value)
+    chars, occ = [], []                             # occ: the variables met, (template, as written)
+    for tok in PERL_STRING_RE.finditer(" ".join((m.group(1) if m else value).split())):
+        esc, name = tok.group(1), tok.group(2) or tok.group(3)
+        if esc is not None or name is None or name in perl:
+            chars.append({"n": "\n", "t": "\t"}.get(esc, esc) if esc is not None else perl.get(name, tok.group()))
+        elif name.isdigit() and name != "0" and int(name) > groups:
+            note("$%s, but the pattern has %d group(s): empty, as in swatch" % (name, groups))
+        elif name.isdigit() or name in "_*":
+            chars.append(chr(0xE000 + len(occ)))
+            occ.append(("$_" if name in "_*0" else "$" + name, tok.group()))
+        else:
+            return note("Perl variable $%s, which no perlcode sets to a literal" % name)
+    ctx, esc, shell, glob, out = "", False, False, False, []    # out: (the shell's quoting there, char or variable)
+    for c in "".join(chars):
+        out.append((ctx, occ[ord(c) - 0xE000] if c >= "\ue000" else c))
+        if c >= "\ue000" or esc:
+            esc = False
+        elif ctx == "'" or c == "\\":
+            ctx, esc = "" if c == "'" else ctx, ctx != "'"
+        elif ctx == '"':
+            ctx, shell = "" if c == '"' else ctx, shell or c in "$`"
+        else:
+            ctx, shell, glob = c if c in "'\"" else ctx, shell or c in "|&;<>()$`*?[~\n", glob or c in "*?["
+    if out and isinstance(out[0][1], tuple):
+        return note("the program would come from the log line")
+    said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and (ctx == "'" or not ctx and x[0] == "$_"))
+    for where, x in dict.fromkeys(said):
+        note("%s inside '...' moved out of the quotes: the line or group goes there, as in swatch" % x[1] if where
+             else "%s is one argument (swatch split it into words)" % x[1])
+    if not shell:                                   # one argv, which birdsentinel splits as a shell would
+        return unquote_empty("".join(x if isinstance(x, str) else "'%s'" % x[1] if ctx == "'" else x[1]
+                                     for ctx, x in out), r"\$\S")
+    pos = {t: "${%d}" % n for n, t in enumerate(dict.fromkeys(x[0] for _, x in out if isinstance(x, tuple)), 1)}
+    script = "".join(x if isinstance(x, str) else pos[x[0]] if ctx == '"' else ("'\"%s\"'" if ctx else '"%s"')
+                     % pos[x[0]] for ctx, x in out)
+    note("shell syntax: sh -c runs it, given the line and groups as arguments, quoted: never split or globbed")
+    script = unquote_empty(("" if glob else "set -f; ") + script, r'"\$\{\d+\}"')     # the command's own * globs
+    return " ".join(["sh -c '%s' sh" % script.replace("'", "'\\''")] + list(pos))
+
+
+def unquote_empty(text: str, var: str) -> str:
+    """Without the empty '' that moving a variable out of '...' leaves beside it."""
+    return re.sub("''(%s)" % var, r"\1", re.sub("(%s)''" % var, r"\1", text))
+
+
+def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
+    """A swatch config's text -> (birdsentinel's, one note per change or part left out, whether all converted)."""
+    raw, items, i = text.split("\n"), [], 0         # items: [first line number, its lines, key, value]
+    while i < len(raw):
+        j = i
+        while raw[i].lstrip()[:1] != "#" and j + 1 < len(raw) and re.search(r"(?<!\\)\\$", raw[j].rstrip()):
+            j += 1
+        logical = " ".join(x.strip().rstrip("\\").strip() for x in raw[i:j + 1]).strip()
+        m = re.match(r"([A-Za-z_]\w*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", logical) if logical[:1] != "#" else None
+        items.append([i + 1, raw[i:j + 1], m.group(1).lower() if m else "", m.group(2) if m else ""])
+        i = j + 1
+    perlcode = [(it, PERLCODE_RE.match(it[3])) for it in items if it[2] in ("perlcode", "perlocde")]
+    perl = {p.group(1): p.group(3) if p.group(2) is None else p.group(2) for _, p in perlcode if p}
+    uses = collections.Counter(v for it in items if it[2] not in ("perlcode", "perlocde")
+                               for v in re.findall(r"[$@%]\{?(\w+)", it[3]))
+    notes, groups = [], 9
+    for it in items:
+        def note(what: str, it: List[Any] = it) -> None:
+            notes.append('"%s", line %d: %s' % (path, it[0], what))
+
+        def no_group(s: str) -> str:
+            for n in sorted(set(re.findall(r"(?<!\\)\$\{?([1-9])\}?", s))):
+                if int(n) > groups:
+                    note("$%s, but the pattern has %d group(s): empty, as in swatch" % (n, groups))
+                    s = re.sub(r"(?<!\\)\$\{?%s\}?" % n, "", s)
+            return s
+        key, value = it[2], it[3]
+        new = re.sub(r"\$\{?(%s)\b\}?" % "|".join(map(re.escape, perl)), lambda v: perl[v.group(1)], value) \
+            if perl and key not in ("exec", "pipe") else value
+        if key in ("perlcode", "perlocde"):
+            p = PERLCODE_RE.match(value)
+            names = re.findall(r"(?:my|our)\s*\(?\s*[$@%](\w+)", value)
+            if p or names and not any(uses[n] for n in names) and "sub " not in value:
+                note("perlcode $%s: its value written where it is used" % p.group(1) if p and uses[p.group(1)]
+                     else "perlcode whose variables are never used: removed")
+                it[1] = []
+            continue
+        if key in RULE_KEYS:
+            groups = 9
+            with contextlib.suppress(ConfigError):
+                pattern = parse_pattern(new, path, it[0])
+                groups = max((t.regex.groups for t in pattern.terms if not t.negated), default=0)
+                if re.search(r"\b(?:and|or|not)\b", re.sub("|".join(re.escape(t.source) for t in pattern.terms),
+                                                            " ", pattern.source)):
+                    new = (" || " if pattern.any_of else " && ").join(
+                        ("!" if t.negated else "") + (t.field + "=~" if t.field else "") + t.source
+                        for t in pattern.terms) + new[len(pattern.source):]
+                    note("Perl's and, or, not written as &&, ||, !")
+        elif key in ("exec", "pipe"):
+            rest, _opts = split_options(new, ACTION_OPTION_KEYS)
+            cmd = convert_command(rest, groups, perl, note) if rest else rest
+            if cmd is None:
+                it[1] = ["# CONVERT: " + x for x in it[1]]
+                continue
+            new = cmd + no_group(new[new.index(rest) + len(rest):])
+            if re.search(r"(?i)bird_?sentinel\.pl|twitter|tweet", rest):
+                it[1].insert(0, "# birdsentinel sends X direct messages itself: 'dm' may replace this exec")
+        elif key == "echo" and re.match(r"modes\s*=", new):
+            new = re.sub(r"^modes\s*=\s*", "", new)
+            note("echo modes=X written as echo X (swatch 3.2.4 dies on it at the first match)")
+        elif key:
+            new = no_group(new)
+            var = re.search(r"(?<!\\)\$\{?(?!_\b)([A-Za-z_]\w*)", new)
+            if var:
+                note("Perl variable $%s, which no perlcode sets to a literal: commented out" % var.group(1))
+                it[1] = ["# CONVERT: " + x for x in it[1]]
+                continue
+        if new != value:
+            it[1] = [x for x in it[1] if x.startswith("#")] + ["%s %s" % (it[2], new)]
+    for _ in range(len(items) + 1):                 # what still does not load is commented out, line by line
+        out, where = [], []
+        for n, it in enumerate(items):
+            out += it[1]
+            where += [n] * len(it[1])
+        try:
+            parse_config(path, "\n".join(out))
+            break
+        except ConfigError as exc:
+            if not 0 < exc.lineno <= len(where) or exc.path != path:
+                return "\n".join(out), notes + [str(exc)], False
+            k = where[exc.lineno - 1]
+            notes.append('"%s", line %d: %s%s: commented out' % (path, items[k][0], exc.what,
+                                                                 " \u2014 " + exc.hint if exc.hint else ""))
+            for it in [items[k]] + list(itertools.takewhile(lambda it: it[2] not in RULE_KEYS + ("include",),
+                                                            items[k + 1:]) if items[k][2] in RULE_KEYS else []):
+                it[1] = ["# CONVERT: " + x if x and not x.startswith("#") else x for x in it[1]]
+    return "\n".join(out), notes, not any(x.startswith("# CONVERT: ") for x in out)
 
 # ==== Sources ================================================================
 # Where lines come from; each source has poll() (a bounded read) and close().  Byte offsets; a file is (st_dev, st_ino)
@@ -3697,7 +3860,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.add_argument(*flags, action="store_true")
     for flags in (("-c", "--config-file"), ("-f", "--examine"), ("-p", "--read-pipe"), ("--pid-file",),
                   ("--script-dir",), ("--state-file",), ("--log-file",), ("--api-base",), ("--ca-file",),
-                  ("--send",), ("--to",), ("--journal-dir",)):
+                  ("--send",), ("--to",), ("--journal-dir",), ("--convert-config",), ("-o", "--output")):
         p.add_argument(*flags)
     p.add_argument("-t", "--tail-file", action="append", default=[])
     p.add_argument("--journal-match", action="append", default=[])
@@ -3712,9 +3875,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for m in opts.journal_match:
         if not opts.journal or not re.match(r"^[A-Z0-9_]+=", m):
             raise Usage("--journal-match takes FIELD=VALUE (e.g. _SYSTEMD_UNIT=ssh.service) and goes with --journal")
-    commands = [c for c in ("authorize", "send", "check") if getattr(opts, c)]
+    commands = [c for c in ("authorize", "send", "check", "convert_config") if getattr(opts, c)]
     if len(commands) > 1:
-        raise Usage("give only one of --authorize, --send and --check")
+        raise Usage("give only one of --authorize, --send, --check and --convert-config")
+    if opts.output and not opts.convert_config:
+        raise Usage("-o goes with --convert-config")
     if opts.online and not opts.check:
         raise Usage("--online goes with --check")
     if (opts.to or opts.tweet) and not opts.send:
@@ -3956,6 +4121,23 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     return EX_CONFIG if problems else EX_OK
 
 
+def cmd_convert(opts: argparse.Namespace, out: Any, err: Any) -> int:
+    """--convert-config: the swatch config in this syntax, to -o's file or stdout; on stderr what changed and what
+    could not be converted (commented out, marked # CONVERT:).  0 when the result loads as it is."""
+    result, notes, ok = convert_config(opts.convert_config, read_config_text(opts.convert_config, "", 0))
+    data = "# converted by birdsentinel --convert-config from %s\n%s" % (opts.convert_config, result)
+    err.write("".join(n + "\n" for n in notes) + "birdsentinel: %d note(s); %s\n" % (len(notes), "the result loads"
+              if ok else "some lines are commented out (# CONVERT:): they need a hand"))
+    if not opts.output:
+        out.write(data)
+    else:
+        try:
+            atomic_write(opts.output, data.encode("utf-8"), 0o644)
+        except OSError as exc:
+            raise StateError("cannot write %s: %s" % (opts.output, exc.strerror)) from None
+    return EX_OK if ok else EX_CONFIG
+
+
 def dm_recipients(config: Config) -> List[str]:
     """Every `dm` recipient of the config ('' is the account itself)."""
     return sorted({r for rule in config.rules for a in rule.actions if a.kind == "dm" for r in (a.recipients or ("",))})
@@ -3981,6 +4163,8 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
             return cmd_send(opts, env, out)
         if opts.check:
             return cmd_check(opts, env, out)
+        if opts.convert_config:
+            return cmd_convert(opts, out, sys.stderr)
         return App(opts, env, out).run()
     except BirdError as exc:
         LOG.error("%s", exc) if LOG.handlers else sys.stderr.write("birdsentinel: %s\n" % exc)

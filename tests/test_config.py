@@ -535,7 +535,7 @@ def test_bad_regex_is_refused(tmp_path, pattern):
     refused(tmp_path, "# c\nwatchfor %s\n  echo\n" % pattern, 2)
 
 
-@pytest.mark.parametrize("pattern", ["x", "/unterminated", "/a/ and /b/", "/a/ trailing words", "/a/q"])
+@pytest.mark.parametrize("pattern", ["x", "/unterminated", "/a/ trailing words", "/a/q"])
 def test_unreadable_pattern_is_refused(tmp_path, pattern):
     refused(tmp_path, "watchfor %s\n  echo\n" % pattern, 1)
 
