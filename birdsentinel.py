@@ -679,75 +679,60 @@ def unquote_value(v: str) -> str:
     return re.sub(r"\\([@ ,\"'])", r"\1", v)
 
 
+def shell_chars(text: str) -> Iterator[Tuple[Optional[str], str]]:
+    """How a POSIX shell reads each character: (None, c) for quoting (a quote that opens or closes one, a backslash that
+    escapes), else (where, c): '' bare, "'" or '"' inside such quotes, '\\' escaped.  ValueError: a quote left open."""
+    where, i = "", 0
+    while i < len(text):
+        c = text[i]
+        if where == "'" and c != "'":
+            yield "'", c
+        elif c == "\\" and i + 1 < len(text) and (where == "" or text[i + 1] in '$`"\\\n'):
+            yield None, c
+            i += 1
+            yield "\\", text[i]
+        elif c == '"' or c == "'" and where != '"':
+            yield None, c
+            where = "" if where == c else c
+        else:
+            yield where, c
+        i += 1
+    if where:
+        raise ValueError("no closing quotation")
+
+
 def find_shell_syntax(command: str) -> Optional[str]:
     """The first shell syntax a shell would act on, or None.  Single quotes hide all; double quotes all but ` and $(."""
-    quote = ""
-    i, n = 0, len(command)
-    while i < n:
-        c = command[i]
-        if quote == "'":
-            if c == "'":
-                quote = ""
-        elif c == "\\":
-            i += 1
-        elif c == "`" or command.startswith("$(", i):      # also inside double quotes
-            return command[i:i + 2]
-        elif quote == '"':
-            if c == '"':
-                quote = ""
-        elif c in "'\"":
-            quote = c
-        elif c in "|;&<>":
-            return command[i:i + 2].strip() or c
-        i += 1
+    chars: List[Tuple[Optional[str], str]] = []
+    with contextlib.suppress(ValueError):               # a quote left open (split_words says so): what came before
+        chars.extend(shell_chars(command))
+    for (where, c), (_, after) in zip(chars, chars[1:] + [("", "")]):
+        if where in ("", '"') and (c == "`" or c == "$" and after == "("):
+            return c + after
+        if where == "" and c in "|;&<>":
+            return (c + after).strip() or c
     return None
 
 
 def split_words(value: str) -> List[List[Tuple[str, bool]]]:
-    """Split a command like a POSIX shell splits words, keeping which parts were single-quoted:
+    """Split a command like a POSIX shell splits words, keeping which parts were single-quoted or escaped:
     (text, literal) segments per word.  Raises ValueError on an unbalanced quote."""
     words: List[List[Tuple[str, bool]]] = []
     word: Optional[List[Tuple[str, bool]]] = None
-    i, n = 0, len(value)
-    while i < n:
-        c = value[i]
-        if c.isspace():
-            if word is not None:
-                words.append(word)
-                word = None
-            i += 1
+    for where, c in shell_chars(value):
+        if where == "" and c.isspace():
+            words += [word] if word is not None else []
+            word = None
             continue
-        if word is None:
-            word = []
-        if c == "'":
-            end = value.find("'", i + 1)
-            if end < 0:
-                raise ValueError("no closing quotation")
-            word.append((value[i + 1:end], True))
-            i = end + 1
-        elif c == '"':
-            buf, i = [], i + 1
-            while i < n and value[i] != '"':
-                if value[i] == "\\" and i + 1 < n and value[i + 1] in '"\\`':
-                    i += 1
-                buf.append(value[i])
-                i += 1
-            if i >= n:
-                raise ValueError("no closing quotation")
-            word.append(("".join(buf), False))
-            i += 1
-        elif c == "\\" and i + 1 < n:
-            word.append((value[i + 1], value[i + 1] == "$"))     # \$ stays a dollar
-            i += 2
+        word = [] if word is None else word
+        literal = where in ("'", "\\")
+        if where is None:                           # a quote: the word exists ('' is one), its next part is apart
+            word.append(("", False))
+        elif word and word[-1][1] == literal:
+            word[-1] = (word[-1][0] + c, literal)
         else:
-            j = i
-            while j < n and not value[j].isspace() and value[j] not in "'\"\\":
-                j += 1
-            word.append((value[i:j], False))
-            i = j
-    if word is not None:
-        words.append(word)
-    return words
+            word.append((c, literal))
+    return words + ([word] if word is not None else [])
 
 
 def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Template, ...]:
@@ -1070,17 +1055,13 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
             occ.append(("$_" if name in "_*0" else "$" + name, tok.group()))
         else:
             return note("Perl variable $%s, which no perlcode sets to a literal" % name)
-    ctx, esc, shell, glob, out = "", False, False, False, []    # out: (the shell's quoting there, char or variable)
-    for c in "".join(chars):
-        out.append((ctx, occ[ord(c) - 0xE000] if c >= "\ue000" else c))
-        if c >= "\ue000" or esc:
-            esc = False
-        elif ctx == "'" or c == "\\":
-            ctx, esc = "" if c == "'" else ctx, ctx != "'"
-        elif ctx == '"':
-            ctx, shell = "" if c == '"' else ctx, shell or c in "$`"
-        else:
-            ctx, shell, glob = c if c in "'\"" else ctx, shell or c in "|&;<>()$`*?[~\n", glob or c in "*?["
+    try:                                            # out: (the shell's quoting there, character or variable)
+        out = [(w, occ[ord(c) - 0xE000] if c >= "\ue000" else c) for w, c in shell_chars("".join(chars))]
+    except ValueError:
+        return note("a quote is left open")
+    bare = {c for w, c in out if w == "" and isinstance(c, str)}
+    shell, glob = bool(bare & set("|&;<>()$`*?[~\n")) or any(w == '"' and c in ("$", "`") for w, c in out), \
+        bool(bare & set("*?["))
     if out and isinstance(out[0][1], tuple):
         return note("the program would come from the log line")
     said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and (ctx == "'" or not ctx and x[0] == "$_"))
