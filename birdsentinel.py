@@ -1121,6 +1121,7 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                      else "perlcode whose variables are never used: removed")
                 it[1] = []
             continue
+        rest = split_options(new, ACTION_OPTION_KEYS)[0]
         if key in RULE_KEYS:
             groups = 9
             with contextlib.suppress(ConfigError):
@@ -1133,7 +1134,6 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                         for t in pattern.terms) + new[len(pattern.source):]
                     note("Perl's and, or, not written as &&, ||, !")
         elif key in ("exec", "pipe"):
-            rest, _opts = split_options(new, ACTION_OPTION_KEYS)
             cmd = convert_command(rest, groups, perl, note) if rest else rest
             if cmd is None:
                 it[1] = ["# CONVERT: " + x for x in it[1]]
@@ -1144,6 +1144,9 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
         elif key == "echo" and re.match(r"modes\s*=", new):
             new = re.sub(r"^modes\s*=\s*", "", new)
             note("echo modes=X written as echo X (swatch 3.2.4 dies on it at the first match)")
+        elif key == "echo" and set(re.split(r"[\s,]+", rest.lower())) - {""} - set(ECHO_MODES):
+            new = "normal,message=" + unquote_value(rest)
+            note("echo TEXT written as echo,message=TEXT (swatch 3.2.4 dies on it at the first match)")
         elif key:
             new = no_group(new)
             var = re.search(r"(?<!\\)\$\{?(?!_\b)([A-Za-z_]\w*)", new)

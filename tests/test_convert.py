@@ -216,3 +216,11 @@ def test_converted_commands_get_the_line_and_run_none_of_it(tmp_path, script, en
     want = sorted([("Y", (p,), "") for p in payloads] + [("piped", (), p + "\n") for p in payloads]
                   + [("quoted", (p,), "") for p in payloads] + [("group", (p.split()[1],), "") for p in payloads])
     assert got == want
+
+
+def test_echo_with_free_text_prints_the_text():
+    out, notes, ok = convert('watchfor /x/\n  echo "RCE alert, see logs"\n  echo red bold\n')
+    assert ok and code_lines(out)[1:] == ["echo normal,message=RCE alert, see logs", "  echo red bold"]
+    assert any("line 2: echo TEXT written as echo,message=TEXT" in n for n in notes) and len(notes) == 1
+    action = bs.parse_config("c", out).rules[0].actions[0]
+    assert action.message.expand("the line", None) == "RCE alert, see logs"
