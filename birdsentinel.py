@@ -637,12 +637,12 @@ def split_options(value: str, keys: Sequence[str]) -> Tuple[str, Dict[str, str]]
     so commas and '=' inside a command stay part of it (swatch loses them)."""
     opts: Dict[str, str] = {}
     rest = value
-    while True:
-        m = re.search(r",\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*(.*?))?\s*$", rest)
-        if not m or m.group(1).lower() not in keys:
+    while True:                                     # the last one first: ,message=$_,keep_open=1 is two
+        found = [m for m in re.finditer(r",\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=|$)", rest) if m.group(1).lower() in keys]
+        if not found:
             break
-        opts[m.group(1).lower()] = (m.group(2) or "1") if m.group(2) is not None else "1"
-        rest = rest[:m.start()]
+        opts[found[-1].group(1).lower()] = rest[found[-1].end():].strip() or "1"
+        rest = rest[:found[-1].start()]
     m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", rest)
     if m and m.group(1).lower() in keys and "," not in rest:
         opts[m.group(1).lower()] = m.group(2)
@@ -1064,7 +1064,7 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
         bool(bare & set("*?["))
     if out and isinstance(out[0][1], tuple):
         return note("the program would come from the log line")
-    said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and (ctx == "'" or not ctx and x[0] == "$_"))
+    said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and ctx != '"')
     for where, x in dict.fromkeys(said):
         note("%s inside '...' moved out of the quotes: the line or group goes there, as in swatch" % x[1] if where
              else "%s is one argument (swatch split it into words)" % x[1])
@@ -1139,6 +1139,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                 it[1] = ["# CONVERT: " + x for x in it[1]]
                 continue
             new = cmd + no_group(new[new.index(rest) + len(rest):])
+            if "," in rest:
+                note("the command keeps its commas (swatch ran only what follows the last one)")
             if re.search(r"(?i)bird_?sentinel\.pl|twitter|tweet", rest):
                 it[1].insert(0, "# birdsentinel sends X direct messages itself: 'dm' may replace this exec")
         elif key == "echo" and re.match(r"modes\s*=", new):
@@ -1148,7 +1150,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
             new = "normal,message=" + unquote_value(rest)
             note("echo TEXT written as echo,message=TEXT (swatch 3.2.4 dies on it at the first match)")
         elif key:
-            new = no_group(new)
+            new = no_group(new) + (",subject=Message from Swatchdog" if key == "mail" and "subject" not in
+                                   split_commas(new)[1] else "")
             var = re.search(r"(?<!\\)\$\{?(?!_\b)([A-Za-z_]\w*)", new)
             if var:
                 note("Perl variable $%s, which no perlcode sets to a literal: commented out" % var.group(1))
