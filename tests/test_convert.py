@@ -224,3 +224,9 @@ def test_echo_with_free_text_prints_the_text():
     assert any("line 2: echo TEXT written as echo,message=TEXT" in n for n in notes) and len(notes) == 1
     action = bs.parse_config("c", out).rules[0].actions[0]
     assert action.message.expand("the line", None) == "RCE alert, see logs"
+
+
+def test_two_options_on_one_action_line_are_both_read():
+    action = bs.parse_config("c", "watchfor /x/\n  pipe /bin/cat -u,MESSAGE=$_\\n,KEEP_OPEN=1\n").rules[0].actions[0]
+    assert action.keep_open and [t.expand("l", None) for t in action.argv] == ["/bin/cat", "-u"]
+    assert action.message.expand("the line", None) == "the line\n"
