@@ -349,6 +349,7 @@ SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}
 FIELD_NAME_RE = re.compile(r"^(?:_[A-Z0-9_]+|(?:CODE|SYSLOG|CONTAINER|COREDUMP|OBJECT)_[A-Z0-9_]+|MESSAGE(?:_ID)?"
                            r"|PRIORITY|ERRNO|T?ID|(?:USER_)?(?:UNIT|INVOCATION_ID))$")
 FIELD_TERM_RE = re.compile(r"([A-Z_][A-Z0-9_]*)=~\s*")
+KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$")     # key value, key=value
 
 
 @dataclass(frozen=True)
@@ -529,24 +530,21 @@ class Config:
     outbox: Dict[str, int] = field(default_factory=lambda: {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES})
 
 
-def read_logical_lines(path: str, text: str) -> Iterator[Tuple[int, str]]:
-    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first line number, text)."""
+def read_logical_lines(text: str) -> Iterator[Tuple[int, int, str]]:
+    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first, last line number, text)."""
     pending: List[str] = []
-    start = 0
-    for n, raw in enumerate(text.split("\n"), 1):     # not splitlines(): \f or U+2028 end no line
+    start, lines = 0, text.split("\n")             # not splitlines(): \f or U+2028 end no line
+    for n, raw in enumerate(lines, 1):
         line = raw.rstrip("\r").rstrip()
         if not pending:
             start = n
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-        if line.endswith("\\") and not line.endswith("\\\\"):
-            pending.append(line[:-1])
-            continue
-        pending.append(line)
-        yield start, " ".join(p.strip() for p in pending).strip()
-        pending = []
-    if pending:
-        yield start, " ".join(p.strip() for p in pending).strip()
+        more = line.endswith("\\") and not line.endswith("\\\\")
+        pending.append(line[:-1] if more else line)
+        if not more or n == len(lines):
+            yield start, n, " ".join(p.strip() for p in pending).strip()
+            pending = []
 
 
 def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pattern:
@@ -924,8 +922,8 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
     outbox = {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES}
     files = [path]
     current: Optional[Rule] = None
-    for lineno, line in read_logical_lines(path, text):
-        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", line)   # key value, key=value
+    for lineno, _last, line in read_logical_lines(text):
+        m = KEYWORD_RE.match(line)
         if not m:
             hint = "rules start with watchfor /regex/"
             if line.startswith("/"):
@@ -1086,15 +1084,13 @@ def unquote_empty(text: str, var: str) -> str:
 
 def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
     """A swatch config's text -> (birdsentinel's, one note per change or part left out, whether all converted)."""
-    raw, items, i = text.split("\n"), [], 0         # items: [first line number, its lines, key, value]
-    while i < len(raw):
-        j = i
-        while raw[i].lstrip()[:1] != "#" and j + 1 < len(raw) and re.search(r"(?<!\\)\\$", raw[j].rstrip()):
-            j += 1
-        logical = " ".join(x.strip().rstrip("\\").strip() for x in raw[i:j + 1]).strip()
-        m = re.match(r"([A-Za-z_]\w*)\s*(?:=\s*|(?=,)|\s+|$)(.*)$", logical) if logical[:1] != "#" else None
-        items.append([i + 1, raw[i:j + 1], m.group(1).lower() if m else "", m.group(2) if m else ""])
-        i = j + 1
+    raw, items, last = text.split("\n"), [], 0     # items: [first line number, its lines, key, value]
+    for start, end, logical in read_logical_lines(text):
+        items += [[n, [raw[n - 1]], "", ""] for n in range(last + 1, start)]   # comments and blank lines as they are
+        m = KEYWORD_RE.match(logical)
+        items.append([start, raw[start - 1:end], m.group(1).lower() if m else "", m.group(2) if m else ""])
+        last = end
+    items += [[n, [raw[n - 1]], "", ""] for n in range(last + 1, len(raw) + 1)]
     perlcode = [(it, PERLCODE_RE.match(it[3])) for it in items if it[2] in ("perlcode", "perlocde")]
     perl = {p.group(1): p.group(3) if p.group(2) is None else p.group(2) for _, p in perlcode if p}
     uses = collections.Counter(v for it in items if it[2] not in ("perlcode", "perlocde")
@@ -1177,6 +1173,7 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                                                             items[k + 1:]) if items[k][2] in RULE_KEYS else []):
                 it[1] = ["# CONVERT: " + x if x and not x.startswith("#") else x for x in it[1]]
     return "\n".join(out), notes, not any(x.startswith("# CONVERT: ") for x in out)
+
 
 # ==== Sources ================================================================
 # Where lines come from; each source has poll() (a bounded read) and close().  Byte offsets; a file is (st_dev, st_ino)
