@@ -3862,12 +3862,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     commands = [c for c in ("authorize", "send", "check", "convert_config") if getattr(opts, c)]
     if len(commands) > 1:
         raise Usage("give only one of --authorize, --send, --check and --convert-config")
-    if opts.output and not opts.convert_config:
-        raise Usage("-o goes with --convert-config")
-    if opts.online and not opts.check:
-        raise Usage("--online goes with --check")
-    if (opts.to or opts.tweet) and not opts.send:
-        raise Usage("--to and --tweet go with --send")
+    for flag, command in (("output", "convert_config"), ("online", "check"), ("to", "send"), ("tweet", "send")):
+        if getattr(opts, flag) and not getattr(opts, command):
+            raise Usage("--%s goes with --%s" % (flag, command.replace("_", "-")))
     if opts.daemon and (opts.once or opts.examine or opts.dry_run or opts.omprog or commands):
         raise Usage("--daemon runs the watcher; it does not combine with --once, --examine, "
                     "--dry-run, --omprog, --check, --send or --authorize")

@@ -178,7 +178,7 @@ def test_cli_exit_status_output_file_and_notes(tmp_path, script):
     r = subprocess.run([sys.executable, script, "--convert-config", str(bad)], capture_output=True, text=True)
     assert r.returncode == 78 and "# CONVERT:   break" in r.stdout and "unknown keyword or action 'break'" in r.stderr
     r = subprocess.run([sys.executable, script, "-o", str(new)], capture_output=True, text=True)
-    assert r.returncode == 64 and "-o goes with --convert-config" in r.stderr
+    assert r.returncode == 64 and "--output goes with --convert-config" in r.stderr
 
 
 # ---- end to end: a log line never becomes shell code ---------------------------------------------
