@@ -230,3 +230,25 @@ def test_two_options_on_one_action_line_are_both_read():
     action = bs.parse_config("c", "watchfor /x/\n  pipe /bin/cat -u,MESSAGE=$_\\n,KEEP_OPEN=1\n").rules[0].actions[0]
     assert action.keep_open and [t.expand("l", None) for t in action.argv] == ["/bin/cat", "-u"]
     assert action.message.expand("the line", None) == "the line\n"
+
+
+SWATCH = "/usr/bin/swatchdog"
+
+
+@pytest.mark.skipif(not os.access(SWATCH, os.X_OK) and not os.environ.get("CI"), reason="swatch 3.2.4 is absent")
+@pytest.mark.parametrize("pattern", ["/alpha/ and /beta/", "/alpha/ or /gamma/i", "/alpha/ and not /beta/",
+                                     "not /beta/ and /gamma/", "/beta/ or not /alpha/"])
+def test_word_operators_match_what_swatch_matches(tmp_path, script, env, pattern):
+    lines = ["alpha beta", "alpha", "beta", "GAMMA", "gamma beta", "alpha gamma", "nothing", "beta alpha gamma"]
+    (tmp_path / "log").write_text("".join(x + "\n" for x in lines))
+    (tmp_path / "conf").write_text("watchfor %s\n  echo normal\n" % pattern)
+    (tmp_path / "home").mkdir()
+    run = dict(capture_output=True, text=True, cwd=str(tmp_path), env=dict(env, HOME=str(tmp_path / "home")))
+    sw = subprocess.run([SWATCH, "-c", str(tmp_path / "conf"), "--script-dir=" + str(tmp_path),
+                         "--examine=" + str(tmp_path / "log")], **run)
+    bs_ = subprocess.run([sys.executable, script, "-c", str(tmp_path / "conf"), "--examine", str(tmp_path / "log")],
+                         **run)
+    assert bs_.returncode == 0, bs_.stderr
+    swatch_printed = [x for x in sw.stdout.split("\n") if x in lines]
+    assert swatch_printed, sw.stdout + sw.stderr          # swatch ran the rule
+    assert bs_.stdout.split("\n")[:-1] == swatch_printed
