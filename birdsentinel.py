@@ -1060,7 +1060,7 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> str:
         out: List[bytes] = []
-        if self.discarding:
+        if self.discarded:                          # the rest of a line too long to keep
             nl = chunk.find(b"\n")
             if nl < 0:
                 self.discarded += len(chunk)
@@ -1068,7 +1068,7 @@ class LineSplitter:
             LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
                         self.name, self.max_line + self.discarded + nl, self.max_line)
             out.append(self.pending + b"\n")
-            self.pending, self.discarding, self.discarded = b"", False, 0
+            self.reset()
             chunk = chunk[nl + 1:]
         data = self.pending + chunk if self.pending else chunk
         last = data.rfind(b"\n")
@@ -1076,7 +1076,6 @@ class LineSplitter:
         rest = data[last + 1:]
         self.pending = bytes(rest[:self.max_line])          # memory stays bounded
         self.discarded = max(len(rest) - self.max_line, 0)
-        self.discarding = self.discarded > 0
         block = self._cut_long_lines(b"".join(out))
         if b"\r" in block:                         # a search is cheaper than the copy replace() makes
             block = block.replace(b"\r\n", b"\n")
@@ -1106,7 +1105,7 @@ class LineSplitter:
         return len(self.pending) + self.discarded
 
     def reset(self) -> None:
-        self.pending, self.discarding, self.discarded = b"", False, 0
+        self.pending, self.discarded = b"", 0
 
 
 @dataclass
@@ -1135,7 +1134,8 @@ class FileTailer:
         self.error_logged: Optional[str] = None
 
     # -- opening ---------------------------------------------------------
-    def _open(self) -> Optional[Tuple[int, os.stat_result]]:
+    def _open(self) -> Optional[Handle]:
+        """The file now at the path, to be read from its start; None (said once) while it is missing or unreadable."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -1158,42 +1158,39 @@ class FileTailer:
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
         self.missing_logged, self.error_logged = False, None
-        return fd, st
-
-    def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
-        return Handle(fd, (st.st_dev, st.st_ino), pos, pos, fingerprint(fd, FINGERPRINT_LEN),
-                      LineSplitter(self.path), self.clock())
+        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path),
+                      self.clock())
 
     def _start(self) -> None:
         """First open: resume from the saved offset, or begin at the end."""
-        opened = self._open()
-        if opened is None:
+        h = self._open()
+        if h is None:
             if self.saved and self.saved.get("ino") is not None:
                 self._finish_rotated_sibling(self.saved)
             self.saved = None
             self.start_at_end = False           # a file that appears later is all new
             return
-        fd, st = opened
         self.started = True
-        saved, self.saved = self.saved, None
-        pos = st.st_size if saved is None and self.start_at_end else 0
+        saved, self.saved, size = self.saved, None, os.fstat(h.fd).st_size
+        pos = size if saved is None and self.start_at_end else 0
         if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
         elif saved is not None:
-            same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+            same_inode = (saved.get("dev"), saved.get("ino")) == h.ident
             fp_saved = str(saved.get("fp", ""))
-            fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+            fp_now = fingerprint(h.fd, fp_length(fp_saved)) if fp_saved else ""
             if same_inode and fp_now == fp_saved:
                 pos = int(saved.get("offset", 0))
-                if st.st_size < pos:
+                if size < pos:
                     LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
-                                "truncated or tampered with; reading from the start", self.path, st.st_size, pos)
+                                "truncated or tampered with; reading from the start", self.path, size, pos)
                     pos = 0
             else:
                 LOG.warning("%s was %s while we were stopped; finishing the old file, then reading the new one from "
                             "the start", self.path, "copied and truncated" if same_inode else "rotated")
                 self._finish_rotated_sibling(saved)
-        self.cur = self._handle(fd, st, pos)
+        h.pos = h.offset = pos
+        self.cur = h
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
@@ -1269,9 +1266,7 @@ class FileTailer:
         while self._drain(h):
             pass
         if h.splitter.pending:
-            text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
-            h.splitter.reset()
-            self.on_text(text + "\n")
+            self.on_text(h.splitter.feed(b"\n"))
         os.close(h.fd)
 
     def _retire(self, h: Handle) -> None:
@@ -1295,10 +1290,9 @@ class FileTailer:
             if not self.started:
                 self._start()
             else:
-                opened = self._open()
-                if opened is not None:
+                self.cur = self._open()
+                if self.cur is not None:
                     LOG.info("%s appeared: reading it from the start", self.path)
-                    self.cur = self._handle(opened[0], opened[1], 0)
             return total + (self._drain(self.cur) if self.cur is not None else 0)
         h = self.cur
         size = os.fstat(h.fd).st_size
@@ -1326,10 +1320,8 @@ class FileTailer:
                 LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
             else:
                 LOG.info("%s was rotated: following the new file from its start", self.path)
-                opened = self._open()
-                if opened is not None:
-                    self.cur = self._handle(opened[0], opened[1], 0)
-                    total += self._drain(self.cur)
+                self.cur = self._open()
+                total += self._drain(self.cur) if self.cur is not None else 0
         return total
 
     def _restart_at_zero(self, h: Handle) -> None:
@@ -1370,8 +1362,7 @@ class StreamSource:
             chunk = os.read(self.fd, READ_BLOCK)
             got += len(chunk)
             self.done = not chunk
-            text = self.splitter.feed(chunk) if chunk else (    # the last line may lack its newline
-                self.splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n" if self.splitter.pending else "")
+            text = self.splitter.feed(chunk or b"\n" if self.splitter.pending else chunk)  # a last line without newline
             if text:
                 self.on_text(text)
             if got >= MAX_POLL_READ:
