@@ -1840,28 +1840,33 @@ class Sentinel:
             for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
                 del tables[ident]
 
-    def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
-        """The rule's counters of `kind`, swept; None when `key` is new and the table is full: new keys go untracked,
-        and the rule's actions say so once an hour (an attacker can make us louder, not quieter)."""
-        tables = getattr(self.counters, kind)
+    def count(self, kind: str, rule: Rule, key: str, now: float) -> Tuple[bool, str]:
+        """One event of `key` in the rule's counters of `kind` (swept first): (act?, suffix).  When `key` is new and the
+        table is full, new keys go untracked (no act), and the rule's actions say so once an hour (an attacker can
+        make us louder, not quieter)."""
+        tables, key = getattr(self.counters, kind), bounded_key(key)
         table = tables.get(rule.ident)
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
             table = tables[rule.ident] = collections.OrderedDict(
                 (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
-        limit = rule.threshold if kind == "thresholds" else rule.throttle
-        expired = threshold_expired if kind == "thresholds" else throttle_expired
-        sweep(table, lambda rec: expired(rec, now, limit))           # type: ignore[operator]
-        if key in table or len(table) < MAX_TABLE:
-            return table
-        if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
-            self.suspended[rule.ident] = now
-            notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
-                      "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
-            LOG.warning("%s", notice)
-            for action in rule.actions:
-                if action.kind != "quit":
-                    self.runner.run(action, notice, None, notice)
-        return None
+        thresholds = kind == "thresholds"
+        limit: Any = rule.threshold if thresholds else rule.throttle
+        sweep(table, lambda rec: (threshold_expired if thresholds else throttle_expired)(rec, now, limit))
+        if key not in table and len(table) >= MAX_TABLE:
+            if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
+                self.suspended[rule.ident] = now
+                notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
+                          "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
+                LOG.warning("%s", notice)
+                for action in rule.actions:
+                    if action.kind != "quit":
+                        self.runner.run(action, notice, None, notice)
+            return False, ""
+        if thresholds:
+            fire, table[key] = threshold_fires(table.get(key), int(now), limit)
+            return fire, ""
+        fire, suffix, table[key] = throttle_fires(table.get(key), now, limit)
+        return fire, suffix
 
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline (after a quit: nothing)."""
@@ -1931,22 +1936,10 @@ class Sentinel:
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
         now = self.clock()
-        if rule.threshold is not None:
-            key = bounded_key(rule.threshold.track_by.expand(line, m))
-            table = self.table("thresholds", rule, key, now)
-            if table is None:
-                return False, ""
-            fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-            if not fire:
-                return False, ""
-        if rule.throttle is None:
-            return True, ""
-        key = bounded_key(throttle_key(rule.throttle, line, m))
-        table = self.table("throttles", rule, key, now)
-        if table is None:
-            return False, ""
-        fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-        return fire, suffix
+        ok = rule.threshold is None or self.count("thresholds", rule, rule.threshold.track_by.expand(line, m), now)[0]
+        if not ok or rule.throttle is None:
+            return ok, ""
+        return self.count("throttles", rule, throttle_key(rule.throttle, line, m), now)
 
 
 # ==== State and outbox =======================================================
