@@ -1831,7 +1831,6 @@ class Sentinel:
         self.set_config(config)
 
     def set_config(self, config: Config) -> None:
-        self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
@@ -3179,26 +3178,28 @@ class ActionRunner:
         if self.dry_run:
             self.write_out("would run: %s\n" % sanitize(shlex.join(argv)))
             return
-        if len(self.children) >= MAX_CHILDREN:
-            size = len(stdin or b"") + sum(map(len, argv))
-            if len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES:
-                self.failed("%d actions already wait for a free slot: dropped %s %s"
-                            % (len(self.waiting), what, argv[0]))
-                return
-            self.waiting.append((argv, stdin, what))
-            self.waiting_bytes += size
+        size = len(stdin or b"") + sum(map(len, argv))
+        if len(self.children) >= MAX_CHILDREN and (
+                len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES):
+            self.failed("%d actions already wait for a free slot: dropped %s %s" % (len(self.waiting), what, argv[0]))
             return
-        self._start(argv, stdin, what)
+        self.waiting.append((argv, stdin, what))
+        self.waiting_bytes += size
+        self._start_waiting()
 
-    def _start(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
-        try:
-            proc = self._popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
-        except OSError as exc:
-            self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
-            return
-        if stdin is not None and proc.stdin is not None:
-            threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
-        self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
+    def _start_waiting(self) -> None:
+        """Start what waits, oldest first, while fewer than MAX_CHILDREN run."""
+        while self.waiting and len(self.children) < MAX_CHILDREN:
+            argv, stdin, what = self.waiting.popleft()
+            self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
+            try:
+                proc = self._popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+            except OSError as exc:
+                self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
+                continue
+            if stdin is not None and proc.stdin is not None:
+                threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
+            self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
         self.failures += 1
@@ -3225,10 +3226,7 @@ class ActionRunner:
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
                             "started again at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped))
                 del self.pipes[key]
-        while self.waiting and len(self.children) < MAX_CHILDREN:
-            argv, stdin, what = self.waiting.popleft()
-            self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
-            self._start(argv, stdin, what)
+        self._start_waiting()
 
     def busy(self) -> bool:
         return bool(self.children or self.waiting or any(p.full_since for p in self.pipes.values()))
