@@ -3362,21 +3362,21 @@ class App:
     def open_state(self, persistent: bool, need_outbox: bool, config: Optional[Config] = None) -> None:
         if not (persistent or need_outbox):
             return
-        for directory in (os.path.dirname(self.state_path) or ".", self.script_dir):
+        dirs = {os.path.dirname(self.state_path) or ".", self.script_dir}
+        for directory in dirs:
             try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise StateError("cannot create directory %s: %s" % (directory, exc.strerror)) from None
+            check_dir_ours(directory)
         ours = [self.state_path, self.state_path + ".lock"]
         if need_outbox:
             ours += [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)]
-        for directory in {os.path.dirname(self.state_path), self.script_dir}:
-            check_dir_ours(directory)
         for path in ours:                           # all refusals before anything is written
             if os.path.lexists(path):
                 check_ours(os.lstat(path), path, private=not path.endswith(".lock"))
         self.lock_fd = acquire_lock(self.state_path)
-        for directory in {os.path.dirname(self.state_path), self.script_dir}:
+        for directory in dirs:
             remove_stale_temp_files(directory)      # left by a kill during a write
         self.store = StateStore(self.state_path)
         self.state, _found = self.store.load()
@@ -3403,33 +3403,28 @@ class App:
         """The commit point: the outbox's new entries reach the disk, then the positions after their lines (offsets,
         journal cursor) with the highest id they cover, in one atomic write; only then may the sender take them (issue
         9: a kill in between re-read and re-sent them). False when what was read is not durable yet."""
-        if self.store is None:
+        now, ob = time.monotonic(), self.outbox
+        if self.store is None or not force and (not self.dirty or now - self.last_save < 0.5):
             return True
-        now = time.monotonic()
-        if not force and (not self.dirty or now - self.last_save < 0.5):
-            return True
-        if self.outbox is not None:
-            self.outbox.sync()
-            if not self.outbox.durable:
-                self.outbox.retry()
-            if not self.outbox.durable:
+        if ob is not None:
+            ob.sync()
+            if not ob.durable:
+                ob.retry()
+            if not ob.durable:
                 return False                # positions wait until the alerts are safe
+            self.state.outbox_committed = ob.next_id - 1
         for s in sources:
             if isinstance(s, JournalSource):
                 self.state.journal[s.key] = s.snapshot()
             elif isinstance(s, FileTailer):
                 self.state.files[s.path] = s.snapshot()
-        if self.outbox is not None:
-            self.state.outbox_committed = self.outbox.next_id - 1
-        committed = self.state.outbox_committed
-        ok = self.store.save(self.state)
-        if ok:
-            self.dirty = False
-            self.last_save = now
-            if self.outbox is not None and self.outbox.committed != committed:
-                self.outbox.committed = committed
-                self.wake.set()
-        return ok
+        if not self.store.save(self.state):
+            return False
+        self.dirty, self.last_save = False, now
+        if ob is not None and ob.committed != self.state.outbox_committed:
+            ob.committed = self.state.outbox_committed
+            self.wake.set()
+        return True
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
@@ -3517,26 +3512,27 @@ class App:
                 os.close(report_fd)
             raise
         finally:
-            self.stop.set()
-            self.wake.set()
-            if self.sender is not None:         # a send in flight is the one duplicate a kill may cost
-                self.sender.join(timeout=1.0)
+            self.stop_sender(1.0)               # a send in flight is the one duplicate a kill may cost
             if opts.pid_file and not opts.once:
                 with contextlib.suppress(OSError), open(opts.pid_file) as fh:
                     if fh.read().strip() == str(os.getpid()):
                         os.unlink(opts.pid_file)
 
+    def stop_sender(self, timeout: float) -> bool:
+        """Stop the sender thread, waiting at most `timeout` for a send in flight; False if it is still in one."""
+        self.stop.set()
+        self.wake.set()
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            sender.join(timeout=timeout)
+        return sender is None or not sender.is_alive()
+
     def finish_delivery(self, deadline: float) -> None:
         """--once, --examine: send what can go now, without waiting."""
         if self.deliverer is None:
             return
-        self.stop.set()
-        self.wake.set()
-        if self.sender is not None:
-            self.sender.join(timeout=HTTP_TIMEOUT + 5)
-            if self.sender.is_alive():              # still in a slow send: two senders would send twice
-                deadline = 0.0
-            self.sender = None
+        if not self.stop_sender(HTTP_TIMEOUT + 5):     # still in a slow send: two senders would send twice
+            deadline = 0.0
         while time.monotonic() < deadline and len(self.deliverer.outbox):
             if self.deliverer.step() > 0:
                 break
@@ -3609,20 +3605,16 @@ class App:
                 if self.hup:
                     self.reload(sentinel, runner)
                 fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
-                timeout = 1.0 if ino is None else 10.0
+                idle = 1.0 if ino is None else 10.0
                 if ino is not None:
                     for t in files:
                         ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
                         ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
                     fds.append(ino.fd)
-                if any(s.more for s in sources):
-                    timeout = 0.0                   # a bounded read left more to read
-                elif runner.busy():
-                    timeout = 0.05
-                elif any(t.retired for t in files):
-                    timeout = min(timeout, RETIRED_GRACE / 4)
-                elif self.dirty:
-                    timeout = 0.5
+                timeout = (0.0 if any(s.more for s in sources)          # a bounded read left more to read
+                           else 0.05 if runner.busy()
+                           else min(idle, RETIRED_GRACE / 4) if any(t.retired for t in files)
+                           else 0.5 if self.dirty else idle)
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:

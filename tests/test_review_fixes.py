@@ -304,6 +304,7 @@ def test_finish_delivery_does_not_resend_while_the_sender_is_in_a_slow_send(tmp_
 
     dl = deliverer(ob, Client())
     app = types.SimpleNamespace(deliverer=dl, stop=threading.Event(), wake=threading.Event())
+    app.stop_sender = lambda timeout: bs.App.stop_sender(app, timeout)
     sender = app.sender = threading.Thread(target=dl.run, args=(app.stop, app.wake), daemon=True)
     sender.start()
     try:
