@@ -1162,16 +1162,14 @@ class FileTailer:
                       self.clock())
 
     def _start(self) -> None:
-        """First open: resume from the saved offset, or begin at the end."""
+        """First look: resume from the saved offset, or begin at the end (a file that appears later is all new)."""
+        self.started, saved, self.saved = True, self.saved, None
         h = self._open()
         if h is None:
-            if self.saved and self.saved.get("ino") is not None:
-                self._finish_rotated_sibling(self.saved)
-            self.saved = None
-            self.start_at_end = False           # a file that appears later is all new
+            if saved and saved.get("ino") is not None:
+                self._finish_rotated_sibling(saved)
             return
-        self.started = True
-        saved, self.saved, size = self.saved, None, os.fstat(h.fd).st_size
+        size = os.fstat(h.fd).st_size
         pos = size if saved is None and self.start_at_end else 0
         if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
@@ -1296,13 +1294,13 @@ class FileTailer:
             return total + (self._drain(self.cur) if self.cur is not None else 0)
         h = self.cur
         size = os.fstat(h.fd).st_size
-        if size < h.pos:
-            LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
-                        "reading from the start", self.path, h.pos, size)
-            self._restart_at_zero(h)
-        elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s was truncated and rewritten (its first bytes changed): reading from the start", self.path)
-            self._restart_at_zero(h)
+        if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+            LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, or "
+                        "tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its first "
+                        "bytes changed)")
+            h.pos = h.offset = 0
+            h.splitter.reset()
+            h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
         total += self._drain(h)                  # the inode we hold, to its end
         try:
             st: Optional[os.stat_result] = os.stat(self.path)
@@ -1323,11 +1321,6 @@ class FileTailer:
                 self.cur = self._open()
                 total += self._drain(self.cur) if self.cur is not None else 0
         return total
-
-    def _restart_at_zero(self, h: Handle) -> None:
-        h.pos = h.offset = 0
-        h.splitter.reset()
-        h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
 
     def snapshot(self) -> Dict[str, Any]:
         """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
