@@ -2300,18 +2300,11 @@ class Outbox:
             self._append([entry])
             return entry
 
-    def first(self, kind: str) -> Optional[Dict[str, Any]]:
-        """The oldest message of `kind` the sender may take."""
+    def ready(self, kind: str, most: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The oldest `most` (None: all) messages of `kind` the sender may take: those the commit point covers."""
         with self.lock:
-            e = next(iter(self.queues.get(kind, {}).values()), None)
-            return e if e is not None and self.ready(e) else None
-
-    def ready(self, e: Dict[str, Any]) -> bool:
-        return self.committed is None or e["id"] <= self.committed or "c" in e
-
-    def of_kind(self, kind: str) -> List[Dict[str, Any]]:
-        with self.lock:
-            return [e for e in self.queues.get(kind, {}).values() if self.ready(e)]
+            return list(itertools.islice((e for e in self.queues.get(kind, {}).values() if self.committed is None
+                                          or e["id"] <= self.committed or "c" in e), most))
 
     def count(self, kind: str) -> int:
         return len(self.queues.get(kind, ()))
@@ -2702,7 +2695,7 @@ class Deliverer:
                 return until - mono
         waits = []
         for kind in ("dm", "tweet"):
-            entry = self.outbox.first(kind)
+            entry = next(iter(self.outbox.ready(kind, 1)), None)
             if entry is None:
                 continue
             blocked = self._blocked_for(kind, now)
@@ -2741,7 +2734,7 @@ class Deliverer:
         # the last message a window allows, or the first after holding, is a digest when more wait than it allows
         digest = (allowed == 1 or kind in self.summarize_next) and not entry.get("parts")
         self.summarize_next.discard(kind)
-        same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
+        same = [e for e in self.outbox.ready(kind) if e["to"] == entry["to"]] if digest and not lost else []
         if lost:                                    # first say what the full outbox did not keep
             note = "birdsentinel: %d alert(s) were not kept while the outbox was full: %s" % (
                 sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
