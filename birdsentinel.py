@@ -1199,27 +1199,22 @@ class FileTailer:
             names = os.listdir(directory or ".")
         except OSError:
             return
-        fp_saved = str(saved.get("fp", ""))
-        by_inode, by_bytes = None, []
-        for name in sorted(names):
+        fp_saved, ident, cands = str(saved.get("fp", "")), (saved.get("dev"), saved.get("ino")), []
+        for name in names:
             if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
                 continue
             cand = os.path.join(directory, name)
-            try:
+            with contextlib.suppress(OSError):
                 st = os.stat(cand)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
-                by_inode = cand
-                break
-            if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
-                by_bytes.append((st.st_mtime, cand))
-        for chosen in [by_inode] if by_inode else [cand for _mtime, cand in sorted(by_bytes, reverse=True)]:
+                same = (st.st_dev, st.st_ino) == ident
+                if same or fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
+                    cands.append((same, st.st_mtime, cand))     # tried in turn: the inode's, then the newest first
+        for by_inode, _mtime, chosen in sorted(cands, reverse=True):
             try:
                 fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
-            if chosen == by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
+            if by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
                 break
             os.close(fd)
         else:
