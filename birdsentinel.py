@@ -3453,13 +3453,11 @@ class App:
         config = parse_config(self.config_path)     # errors reach the terminal first
         x_needed = self.wants_x(config) and not opts.dry_run
         persistent = not (opts.examine or opts.read_pipe or opts.dry_run)
-        report_fd = None
         self.open_state(persistent, x_needed, config)       # a daemon is persistent: its script dir is made
-        if opts.daemon:
-            report_fd = daemonize()
-            if self.lock_fd is not None:           # the lock names the daemon, not the launcher
-                os.ftruncate(self.lock_fd, 0)
-                os.pwrite(self.lock_fd, b"%d\n" % os.getpid(), 0)
+        report_fd = daemonize() if opts.daemon else None
+        if report_fd is not None and self.lock_fd is not None:     # the lock names the daemon, not the launcher
+            os.ftruncate(self.lock_fd, 0)
+            os.pwrite(self.lock_fd, b"%d\n" % os.getpid(), 0)
         try:
             syslog = setup_logging(opts, self.script_dir, opts.daemon, started=True)
             if opts.pid_file:
@@ -3596,10 +3594,7 @@ class App:
                            else 0.05 if runner.busy()
                            else min(idle, RETIRED_GRACE / 4) if any(t.retired for t in files)
                            else 0.5 if self.dirty else idle)
-                try:
-                    ready, _, _ = select.select(fds, [], [], timeout)
-                except InterruptedError:
-                    ready = []
+                ready, _, _ = select.select(fds, [], [], timeout)     # a signal: its wake-up fd is ready (PEP 475)
                 for fd in {wake_r, ino.fd if ino is not None else -1}.intersection(ready):
                     with contextlib.suppress(BlockingIOError, InterruptedError):     # inotify events, wake-ups: the
                         while os.read(fd, 65536):                                   # work is the next poll's
