@@ -1509,9 +1509,8 @@ class JournalSource(StreamSource):
             return 0
         got = super().poll()
         if self.done:
-            rc = self.proc.wait()
-            self.proc.stdout.close()                # type: ignore[union-attr]
-            self.proc, self.live = None, False
+            StreamSource.close(self)                # its stdout, then its exit status
+            rc, self.proc, self.live = self.proc.returncode, None, False
             self.errors.seek(0)
             said = sanitize(self.errors.read()[-300:].decode("utf-8", "replace")).strip()
             self.errors.close()
@@ -1827,11 +1826,11 @@ class Sentinel:
             for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
                 del tables[ident]
 
-    def count(self, kind: str, rule: Rule, key: str, now: float) -> Tuple[bool, str]:
+    def count(self, kind: str, rule: Rule, key: str) -> Tuple[bool, str]:
         """One event of `key` in the rule's counters of `kind` (swept first): (act?, suffix).  When `key` is new and the
         table is full, new keys go untracked (no act), and the rule's actions say so once an hour (an attacker can
         make us louder, not quieter)."""
-        tables, key = getattr(self.counters, kind), bounded_key(key)
+        tables, key, now = getattr(self.counters, kind), bounded_key(key), self.clock()
         table = tables.get(rule.ident)
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
             table = tables[rule.ident] = collections.OrderedDict(
@@ -1908,8 +1907,7 @@ class Sentinel:
             if rule.kind == "ignore":
                 return
             self.matches += 1
-            ok, suffix = (True, "") if rule.threshold is None and rule.throttle is None \
-                else self.limits(rule, line, m)
+            ok, suffix = self.limits(rule, line, m)
             if ok:
                 message = line + suffix
                 for action in rule.actions:
@@ -1922,11 +1920,10 @@ class Sentinel:
 
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
-        now = self.clock()
-        ok = rule.threshold is None or self.count("thresholds", rule, rule.threshold.track_by.expand(line, m), now)[0]
+        ok = rule.threshold is None or self.count("thresholds", rule, rule.threshold.track_by.expand(line, m))[0]
         if not ok or rule.throttle is None:
             return ok, ""
-        return self.count("throttles", rule, throttle_key(rule.throttle, line, m), now)
+        return self.count("throttles", rule, throttle_key(rule.throttle, line, m))
 
 
 # ==== State and outbox =======================================================
