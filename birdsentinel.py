@@ -2165,8 +2165,7 @@ class Outbox:
         self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
-        self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {
-            "dm": collections.OrderedDict(), "tweet": collections.OrderedDict()}
+        self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {}     # per kind, made by _keep
         self.lost: Dict[str, Dict[str, int]] = {}      # "kind to" -> {action label: alerts not kept}
         self.text_bytes, self.journal_bytes, self.next_id = 0, 0, 1
         self.committed: Optional[int] = None
@@ -2329,6 +2328,9 @@ class Outbox:
             self.lost_changed = True
 
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
+        """X refused it for good: to the dead-letter file, with X's reason."""
+        LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"], entry["to"] or "self", reason,
+                  self.dead_path)
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
         try:
             fd = open_ours(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -2618,7 +2620,7 @@ class Deliverer:
         user, why = read_user(resp, to or "(the account)")
         if user is None:
             if "no such" in why:
-                self.dead(entry, why)
+                self.outbox.dead(entry, why, self.clock())
             else:                                   # a garbled answer: ask again later
                 self._retry_later(why)
             return None
@@ -2628,11 +2630,6 @@ class Deliverer:
         self.on_change()
         LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
         return uid
-
-    def dead(self, entry: Dict[str, Any], reason: str) -> None:
-        LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"],
-                  entry["to"] or "self", reason, self.outbox.dead_path)
-        self.outbox.dead(entry, reason, self.clock())
 
     def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str) -> bool:
         """React to a non-success answer; True when it was one."""
@@ -2663,7 +2660,7 @@ class Deliverer:
         elif cls == "permanent":
             if resp.status == 403 and entry["kind"] == "dm":
                 LOG.error("%s", dm_hint(entry["to"] or "the account", "the sending account"))
-            self.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()))
+            self.outbox.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()), self.clock())
         else:
             self._retry_later("HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
         return True
