@@ -3344,10 +3344,8 @@ class App:
             except OSError as exc:
                 raise StateError("cannot create directory %s: %s" % (directory, exc.strerror)) from None
             check_dir_ours(directory)
-        ours = [self.state_path, self.state_path + ".lock"]
-        if need_outbox:
-            ours += [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)]
-        for path in ours:                           # all refusals before anything is written
+        box = [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)] if need_outbox else []
+        for path in [self.state_path, self.state_path + ".lock"] + box:     # all refusals before anything is written
             if os.path.lexists(path):
                 check_ours(os.lstat(path), path, private=not path.endswith(".lock"))
         self.lock_fd = acquire_lock(self.state_path)
@@ -3355,9 +3353,8 @@ class App:
             remove_stale_temp_files(directory)      # left by a kill during a write
         self.store = StateStore(self.state_path)
         self.state, _found = self.store.load()
-        if need_outbox:
-            self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME),
-                                 **(config.outbox if config else {}))
+        if box:
+            self.outbox = Outbox(*box, **(config.outbox if config else {}))
             self.outbox.load(self.state.outbox_committed)
             self.outbox.born_committed = not persistent     # a one-off pass reads nothing again
 
