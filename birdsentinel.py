@@ -1138,6 +1138,10 @@ class FileTailer:
         """The file now at the path, to be read from its start; None (said once) while it is missing or unreadable."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
         except FileNotFoundError:
             if not self.missing_logged:
                 LOG.warning("%s does not exist (yet): waiting for it", self.path)
@@ -1147,13 +1151,6 @@ class FileTailer:
             if exc.strerror != self.error_logged:
                 LOG.error("cannot read %s: %s; the other files are still watched", self.path, exc.strerror)
                 self.error_logged = exc.strerror
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
-            os.close(fd)
-            if self.error_logged != "not a file":
-                LOG.error("%s is not a regular file", self.path)
-                self.error_logged = "not a file"
             return None
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
