@@ -3186,7 +3186,7 @@ class ActionRunner:
                 proc.kill()
                 rc = proc.wait()
                 self.failed("%s ran longer than %.0f s: killed" % (what, CHILD_TIMEOUT))
-            elif rc is not None and rc != 0:
+            elif rc:
                 self.failed("%s exited with status %d" % (what, rc))
             if rc is not None:
                 self.children.remove(child)
@@ -3205,11 +3205,10 @@ class ActionRunner:
 
     def wait_all(self, timeout: Optional[float] = None) -> None:
         limit = self.monotonic() + (timeout if timeout is not None else CHILD_TIMEOUT + 5)
-        while self.busy() and self.monotonic() < limit:
-            self.reap()
-            if self.busy():
-                time.sleep(0.01)
         self.reap()
+        while self.busy() and self.monotonic() < limit:
+            time.sleep(0.01)
+            self.reap()
 
     def close(self) -> None:
         for pipe in self.pipes.values():
