@@ -1059,7 +1059,6 @@ class LineSplitter:
         self.reset()
 
     def feed(self, chunk: bytes) -> str:
-        out: List[bytes] = []
         if self.discarded:                          # the rest of a line too long to keep
             nl = chunk.find(b"\n")
             if nl < 0:
@@ -1067,16 +1066,14 @@ class LineSplitter:
                 return ""
             LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
                         self.name, self.max_line + self.discarded + nl, self.max_line)
-            out.append(self.pending + b"\n")
+            chunk = self.pending + chunk[nl:]       # its first max_line bytes, ended by its newline
             self.reset()
-            chunk = chunk[nl + 1:]
         data = self.pending + chunk if self.pending else chunk
         last = data.rfind(b"\n")
-        out.append(data[:last + 1])
         rest = data[last + 1:]
         self.pending = bytes(rest[:self.max_line])          # memory stays bounded
         self.discarded = max(len(rest) - self.max_line, 0)
-        block = self._cut_long_lines(b"".join(out))
+        block = self._cut_long_lines(data[:last + 1])
         if b"\r" in block:                         # a search is cheaper than the copy replace() makes
             block = block.replace(b"\r\n", b"\n")
         return block.decode("utf-8", "replace")
@@ -1233,15 +1230,13 @@ class FileTailer:
             except OSError as exc:
                 LOG.error("cannot read %s: %s", self.path, exc.strerror)
                 return total
-            if not chunk:
-                break
             h.pos += len(chunk)
             total += len(chunk)
             text = h.splitter.feed(chunk)
             h.offset = h.pos - h.splitter.held()
             if text:
                 self.on_text(text)
-            if len(chunk) < READ_BLOCK:
+            if len(chunk) < READ_BLOCK:                 # the end for now (an empty one changed nothing)
                 break
         else:
             self.more = True
