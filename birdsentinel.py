@@ -1900,13 +1900,11 @@ class Sentinel:
                 return
             self.matches += 1
             ok, suffix = self.limits(rule, line, m)
-            if ok:
-                message = line + suffix
-                for action in rule.actions:
-                    if action.kind == "quit":
-                        self.quit = True
-                        continue
-                    self.runner.run(action, line, m, message, origin)
+            for action in rule.actions if ok else ():
+                if action.kind == "quit":
+                    self.quit = True
+                    continue
+                self.runner.run(action, line, m, line + suffix, origin)
             if not rule.cont or self.quit:
                 return
 
