@@ -2566,7 +2566,7 @@ class Deliverer:
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
         self.rng = rng or random.Random()
-        self.retry_at = self.auth_until = -1e18     # monotonic
+        self.retry_at = -1e18           # monotonic: the next try after a back-off or refused credentials
         self.attempts = 0
         self.account_problem = ""      # "auth" or "credit" while X refuses the account
         self.held_logged: Dict[str, float] = {}
@@ -2575,7 +2575,7 @@ class Deliverer:
 
     def nudge(self) -> None:
         """SIGHUP: retry now what waits for credentials or a back-off."""
-        self.retry_at = self.auth_until = -1e18
+        self.retry_at = -1e18
 
     def forget_users(self, config: Config) -> None:
         """Cached user ids only for the handles the config names now."""
@@ -2646,7 +2646,7 @@ class Deliverer:
                              "and at SIGHUP.", resp.status, resp.detail(), doing,
                              len(self.outbox), self.outbox.path, AUTH_RETRY // 60)
                 self.account_problem = cls
-            self.auth_until = self.monotonic() + AUTH_RETRY
+            self.retry_at = self.monotonic() + AUTH_RETRY
         elif cls == "permanent":
             if resp.status == 403 and entry["kind"] == "dm":
                 LOG.error("%s", dm_hint(entry["to"] or "the account", "the sending account"))
@@ -2669,9 +2669,8 @@ class Deliverer:
         if self.client is None or not len(self.outbox):
             return 3600.0
         mono = self.monotonic()
-        for until in (self.auth_until, self.retry_at):     # credentials, then a back-off
-            if mono < until:
-                return until - mono
+        if mono < self.retry_at:                    # credentials, or a back-off
+            return self.retry_at - mono
         waits = []
         for kind in ("dm", "tweet"):
             entry = next(iter(self.outbox.ready(kind, 1)), None)
