@@ -2867,10 +2867,9 @@ def is_loopback(url: str) -> bool:
 def check_api_base(url: str) -> str:
     """https anywhere; plain http only to a loopback address (tests)."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if host and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
+    if parts.hostname and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
         return url.rstrip("/")
-    if parts.scheme == "http" and host:
+    if parts.scheme == "http" and parts.hostname:
         raise BirdError("refusing plain http API base %s: credentials would cross the network "
                         "unencrypted; use https (http is allowed only for loopback)" % url)
     raise BirdError("bad API base %r: give https://host" % url)
