@@ -2215,12 +2215,13 @@ class Outbox:
         except OSError as exc:
             self._wrote(exc)
 
-    def sync(self) -> None:
-        """Make the appends durable (once a poll, and for each done record)."""
+    def sync(self) -> bool:
+        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
         with self.lock:
             if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
                 lost, self.lost_changed = self.lost_changed, False
                 self._append([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
+            return self.durable or self.retry()
 
     def _wrote(self, exc: Optional[OSError] = None) -> None:
         """Say once when writing starts failing, and once when it works again."""
@@ -2235,7 +2236,7 @@ class Outbox:
         if cause:                                   # no rewrite storm on a full disk
             self.retry_at = time.monotonic() + 5.0
 
-    def retry(self) -> None:
+    def retry(self) -> bool:
         """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
         (issue 9: a full disk made every alert rewrite the whole journal)."""
         try:
@@ -2245,6 +2246,7 @@ class Outbox:
             room = False
         if room or time.monotonic() >= self.retry_at:
             self.compact()
+        return self.durable
 
     def compact(self) -> None:
         with self.lock:
@@ -3366,10 +3368,7 @@ class App:
         if self.store is None or not force and (not self.dirty or now - self.last_save < 0.5):
             return True
         if ob is not None:
-            ob.sync()
-            if not ob.durable:
-                ob.retry()
-            if not ob.durable:
+            if not ob.sync():
                 return False                # positions wait until the alerts are safe
             self.state.outbox_committed = ob.next_id - 1
         for s in sources:
