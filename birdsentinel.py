@@ -3386,9 +3386,8 @@ class App:
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(w)
-        self.wake_w = w
+        r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
 
         def on_stop(signum: int, frame: Any) -> None:
             self.stop.set()
@@ -3417,9 +3416,7 @@ class App:
         if self.deliverer is not None:
             self.deliverer.budget = config.budget
             self.deliverer.forget_users(config)
-            client = self.make_client()           # new tokens after --authorize
-            if client is not None:
-                self.deliverer.client = client
+            self.deliverer.client = self.make_client() or self.deliverer.client      # new tokens after --authorize
             self.deliverer.nudge()
             self.wake.set()
         LOG.warning("reloaded configuration from %s (%d rules)", self.config_path, len(config.rules))
