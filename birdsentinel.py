@@ -1206,25 +1206,21 @@ class LineSplitter:
         self.reset()
 
     def feed(self, chunk: bytes) -> str:
-        out: List[bytes] = []
-        if self.discarding:
+        if self.discarded:                          # the rest of a line too long to keep
             nl = chunk.find(b"\n")
             if nl < 0:
                 self.discarded += len(chunk)
                 return ""
             LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
                         self.name, self.max_line + self.discarded + nl, self.max_line)
-            out.append(self.pending + b"\n")
-            self.pending, self.discarding, self.discarded = b"", False, 0
-            chunk = chunk[nl + 1:]
+            chunk = self.pending + chunk[nl:]       # its first max_line bytes, ended by its newline
+            self.reset()
         data = self.pending + chunk if self.pending else chunk
         last = data.rfind(b"\n")
-        out.append(data[:last + 1])
         rest = data[last + 1:]
         self.pending = bytes(rest[:self.max_line])          # memory stays bounded
         self.discarded = max(len(rest) - self.max_line, 0)
-        self.discarding = self.discarded > 0
-        block = self._cut_long_lines(b"".join(out))
+        block = self._cut_long_lines(data[:last + 1])
         if b"\r" in block:                         # a search is cheaper than the copy replace() makes
             block = block.replace(b"\r\n", b"\n")
         return block.decode("utf-8", "replace")
@@ -1253,7 +1249,7 @@ class LineSplitter:
         return len(self.pending) + self.discarded
 
     def reset(self) -> None:
-        self.pending, self.discarding, self.discarded = b"", False, 0
+        self.pending, self.discarded = b"", 0
 
 
 @dataclass
@@ -1282,9 +1278,14 @@ class FileTailer:
         self.error_logged: Optional[str] = None
 
     # -- opening ---------------------------------------------------------
-    def _open(self) -> Optional[Tuple[int, os.stat_result]]:
+    def _open(self) -> Optional[Handle]:
+        """The file now at the path, to be read from its start; None (said once) while it is missing or unreadable."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
         except FileNotFoundError:
             if not self.missing_logged:
                 LOG.warning("%s does not exist (yet): waiting for it", self.path)
@@ -1295,52 +1296,40 @@ class FileTailer:
                 LOG.error("cannot read %s: %s; the other files are still watched", self.path, exc.strerror)
                 self.error_logged = exc.strerror
             return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) and not stat.S_ISFIFO(st.st_mode) and not stat.S_ISCHR(st.st_mode):
-            os.close(fd)
-            if self.error_logged != "not a file":
-                LOG.error("%s is not a regular file", self.path)
-                self.error_logged = "not a file"
-            return None
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
         self.missing_logged, self.error_logged = False, None
-        return fd, st
-
-    def _handle(self, fd: int, st: os.stat_result, pos: int) -> Handle:
-        return Handle(fd, (st.st_dev, st.st_ino), pos, pos, fingerprint(fd, FINGERPRINT_LEN),
-                      LineSplitter(self.path), self.clock())
+        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path),
+                      self.clock())
 
     def _start(self) -> None:
-        """First open: resume from the saved offset, or begin at the end."""
-        opened = self._open()
-        if opened is None:
-            if self.saved and self.saved.get("ino") is not None:
-                self._finish_rotated_sibling(self.saved)
-            self.saved = None
-            self.start_at_end = False           # a file that appears later is all new
+        """First look: resume from the saved offset, or begin at the end (a file that appears later is all new)."""
+        self.started, saved, self.saved = True, self.saved, None
+        h = self._open()
+        if h is None:
+            if saved and saved.get("ino") is not None:
+                self._finish_rotated_sibling(saved)
             return
-        fd, st = opened
-        self.started = True
-        saved, self.saved = self.saved, None
-        pos = st.st_size if saved is None and self.start_at_end else 0
+        size = os.fstat(h.fd).st_size
+        pos = size if saved is None and self.start_at_end else 0
         if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
         elif saved is not None:
-            same_inode = (saved.get("dev"), saved.get("ino")) == (st.st_dev, st.st_ino)
+            same_inode = (saved.get("dev"), saved.get("ino")) == h.ident
             fp_saved = str(saved.get("fp", ""))
-            fp_now = fingerprint(fd, fp_length(fp_saved)) if fp_saved else ""
+            fp_now = fingerprint(h.fd, fp_length(fp_saved)) if fp_saved else ""
             if same_inode and fp_now == fp_saved:
                 pos = int(saved.get("offset", 0))
-                if st.st_size < pos:
+                if size < pos:
                     LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
-                                "truncated or tampered with; reading from the start", self.path, st.st_size, pos)
+                                "truncated or tampered with; reading from the start", self.path, size, pos)
                     pos = 0
             else:
                 LOG.warning("%s was %s while we were stopped; finishing the old file, then reading the new one from "
                             "the start", self.path, "copied and truncated" if same_inode else "rotated")
                 self._finish_rotated_sibling(saved)
-        self.cur = self._handle(fd, st, pos)
+        h.pos = h.offset = pos
+        self.cur = h
 
     def _finish_rotated_sibling(self, saved: Dict[str, Any]) -> None:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
@@ -1351,27 +1340,22 @@ class FileTailer:
             names = os.listdir(directory or ".")
         except OSError:
             return
-        fp_saved = str(saved.get("fp", ""))
-        by_inode, by_bytes = None, []
-        for name in sorted(names):
+        fp_saved, ident, cands = str(saved.get("fp", "")), (saved.get("dev"), saved.get("ino")), []
+        for name in names:
             if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
                 continue
             cand = os.path.join(directory, name)
-            try:
+            with contextlib.suppress(OSError):
                 st = os.stat(cand)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (saved.get("dev"), saved.get("ino")):
-                by_inode = cand
-                break
-            if fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
-                by_bytes.append((st.st_mtime, cand))
-        for chosen in [by_inode] if by_inode else [cand for _mtime, cand in sorted(by_bytes, reverse=True)]:
+                same = (st.st_dev, st.st_ino) == ident
+                if same or fp_length(fp_saved) >= MIN_FINGERPRINT and stat.S_ISREG(st.st_mode):
+                    cands.append((same, st.st_mtime, cand))     # tried in turn: the inode's, then the newest first
+        for by_inode, _mtime, chosen in sorted(cands, reverse=True):
             try:
                 fd = os.open(chosen, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
-            if chosen == by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
+            if by_inode or fingerprint(fd, fp_length(fp_saved)) == fp_saved:
                 break
             os.close(fd)
         else:
@@ -1393,15 +1377,13 @@ class FileTailer:
             except OSError as exc:
                 LOG.error("cannot read %s: %s", self.path, exc.strerror)
                 return total
-            if not chunk:
-                break
             h.pos += len(chunk)
             total += len(chunk)
             text = h.splitter.feed(chunk)
             h.offset = h.pos - h.splitter.held()
             if text:
                 self.on_text(text)
-            if len(chunk) < READ_BLOCK:
+            if len(chunk) < READ_BLOCK:                 # the end for now (an empty one changed nothing)
                 break
         else:
             self.more = True
@@ -1416,9 +1398,7 @@ class FileTailer:
         while self._drain(h):
             pass
         if h.splitter.pending:
-            text = h.splitter.pending.decode("utf-8", "replace").rstrip("\r")
-            h.splitter.reset()
-            self.on_text(text + "\n")
+            self.on_text(h.splitter.feed(b"\n"))
         os.close(h.fd)
 
     def _retire(self, h: Handle) -> None:
@@ -1442,20 +1422,19 @@ class FileTailer:
             if not self.started:
                 self._start()
             else:
-                opened = self._open()
-                if opened is not None:
+                self.cur = self._open()
+                if self.cur is not None:
                     LOG.info("%s appeared: reading it from the start", self.path)
-                    self.cur = self._handle(opened[0], opened[1], 0)
             return total + (self._drain(self.cur) if self.cur is not None else 0)
         h = self.cur
         size = os.fstat(h.fd).st_size
-        if size < h.pos:
-            LOG.warning("%s shrank from %d to %d bytes (copytruncate, or tampering): "
-                        "reading from the start", self.path, h.pos, size)
-            self._restart_at_zero(h)
-        elif fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s was truncated and rewritten (its first bytes changed): reading from the start", self.path)
-            self._restart_at_zero(h)
+        if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+            LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, or "
+                        "tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its first "
+                        "bytes changed)")
+            h.pos = h.offset = 0
+            h.splitter.reset()
+            h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
         total += self._drain(h)                  # the inode we hold, to its end
         try:
             st: Optional[os.stat_result] = os.stat(self.path)
@@ -1473,16 +1452,9 @@ class FileTailer:
                 LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
             else:
                 LOG.info("%s was rotated: following the new file from its start", self.path)
-                opened = self._open()
-                if opened is not None:
-                    self.cur = self._handle(opened[0], opened[1], 0)
-                    total += self._drain(self.cur)
+                self.cur = self._open()
+                total += self._drain(self.cur) if self.cur is not None else 0
         return total
-
-    def _restart_at_zero(self, h: Handle) -> None:
-        h.pos = h.offset = 0
-        h.splitter.reset()
-        h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
 
     def snapshot(self) -> Dict[str, Any]:
         """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
@@ -1517,8 +1489,7 @@ class StreamSource:
             chunk = os.read(self.fd, READ_BLOCK)
             got += len(chunk)
             self.done = not chunk
-            text = self.splitter.feed(chunk) if chunk else (    # the last line may lack its newline
-                self.splitter.pending.decode("utf-8", "replace").rstrip("\r") + "\n" if self.splitter.pending else "")
+            text = self.splitter.feed(chunk or b"\n" if self.splitter.pending else chunk)  # a last line without newline
             if text:
                 self.on_text(text)
             if got >= MAX_POLL_READ:
@@ -1677,9 +1648,8 @@ class JournalSource(StreamSource):
             return 0
         got = super().poll()
         if self.done:
-            rc = self.proc.wait()
-            self.proc.stdout.close()                # type: ignore[union-attr]
-            self.proc, self.live = None, False
+            StreamSource.close(self)                # its stdout, then its exit status
+            rc, self.proc, self.live = self.proc.returncode, None, False
             self.errors.seek(0)
             said = sanitize(self.errors.read()[-300:].decode("utf-8", "replace")).strip()
             self.errors.close()
@@ -1987,7 +1957,6 @@ class Sentinel:
         self.set_config(config)
 
     def set_config(self, config: Config) -> None:
-        self.config = config
         self.rules = config.rules
         self.plan = build_plan(config.rules)
         self.suspended: Dict[str, float] = {}       # rule ident -> last "tracking suspended" notice
@@ -1996,28 +1965,33 @@ class Sentinel:
             for ident in [i for i, t in tables.items() if not isinstance(t, dict) or i not in idents]:
                 del tables[ident]
 
-    def table(self, kind: str, rule: Rule, key: str, now: float) -> Optional["collections.OrderedDict[str, Any]"]:
-        """The rule's counters of `kind`, swept; None when `key` is new and the table is full: new keys go untracked,
-        and the rule's actions say so once an hour (an attacker can make us louder, not quieter)."""
-        tables = getattr(self.counters, kind)
+    def count(self, kind: str, rule: Rule, key: str) -> Tuple[bool, str]:
+        """One event of `key` in the rule's counters of `kind` (swept first): (act?, suffix).  When `key` is new and the
+        table is full, new keys go untracked (no act), and the rule's actions say so once an hour (an attacker can
+        make us louder, not quieter)."""
+        tables, key, now = getattr(self.counters, kind), bounded_key(key), self.clock()
         table = tables.get(rule.ident)
         if not isinstance(table, collections.OrderedDict):      # as loaded from JSON
             table = tables[rule.ident] = collections.OrderedDict(
                 (k, v) for k, v in (table or {}).items() if isinstance(v, list) and len(v) == 2)
-        limit = rule.threshold if kind == "thresholds" else rule.throttle
-        expired = threshold_expired if kind == "thresholds" else throttle_expired
-        sweep(table, lambda rec: expired(rec, now, limit))           # type: ignore[operator]
-        if key in table or len(table) < MAX_TABLE:
-            return table
-        if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
-            self.suspended[rule.ident] = now
-            notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
-                      "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
-            LOG.warning("%s", notice)
-            for action in rule.actions:
-                if action.kind != "quit":
-                    self.runner.run(action, notice, None, notice)
-        return None
+        thresholds = kind == "thresholds"
+        limit: Any = rule.threshold if thresholds else rule.throttle
+        sweep(table, lambda rec: (threshold_expired if thresholds else throttle_expired)(rec, now, limit))
+        if key not in table and len(table) >= MAX_TABLE:
+            if now - self.suspended.get(rule.ident, -1e18) >= SUSPENDED_NOTICE or now < self.suspended[rule.ident]:
+                self.suspended[rule.ident] = now
+                notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
+                          "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
+                LOG.warning("%s", notice)
+                for action in rule.actions:
+                    if action.kind != "quit":
+                        self.runner.run(action, notice, None, notice)
+            return False, ""
+        if thresholds:
+            fire, table[key] = threshold_fires(table.get(key), int(now), limit)
+            return fire, ""
+        fire, suffix, table[key] = throttle_fires(table.get(key), now, limit)
+        return fire, suffix
 
     def process_text(self, text: str) -> None:
         """A block of complete lines, each ending in a newline (after a quit: nothing)."""
@@ -2072,37 +2046,21 @@ class Sentinel:
             if rule.kind == "ignore":
                 return
             self.matches += 1
-            ok, suffix = (True, "") if rule.threshold is None and rule.throttle is None \
-                else self.limits(rule, line, m)
-            if ok:
-                message = line + suffix
-                for action in rule.actions:
-                    if action.kind == "quit":
-                        self.quit = True
-                        continue
-                    self.runner.run(action, line, m, message, origin)
+            ok, suffix = self.limits(rule, line, m)
+            for action in rule.actions if ok else ():
+                if action.kind == "quit":
+                    self.quit = True
+                    continue
+                self.runner.run(action, line, m, line + suffix, origin)
             if not rule.cont or self.quit:
                 return
 
     def limits(self, rule: Rule, line: str, m: Optional[re.Match]) -> Tuple[bool, str]:
         """Apply the rule's threshold, then its throttle."""
-        now = self.clock()
-        if rule.threshold is not None:
-            key = bounded_key(rule.threshold.track_by.expand(line, m))
-            table = self.table("thresholds", rule, key, now)
-            if table is None:
-                return False, ""
-            fire, table[key] = threshold_fires(table.get(key), int(now), rule.threshold)
-            if not fire:
-                return False, ""
-        if rule.throttle is None:
-            return True, ""
-        key = bounded_key(throttle_key(rule.throttle, line, m))
-        table = self.table("throttles", rule, key, now)
-        if table is None:
-            return False, ""
-        fire, suffix, table[key] = throttle_fires(table.get(key), now, rule.throttle)
-        return fire, suffix
+        ok = rule.threshold is None or self.count("thresholds", rule, rule.threshold.track_by.expand(line, m))[0]
+        if not ok or rule.throttle is None:
+            return ok, ""
+        return self.count("throttles", rule, throttle_key(rule.throttle, line, m))
 
 
 # ==== State and outbox =======================================================
@@ -2344,8 +2302,7 @@ class Outbox:
         self.path, self.dead_path, self.do_fsync = path, dead_path, fsync
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self.entries: "collections.OrderedDict[int, Dict[str, Any]]" = collections.OrderedDict()
-        self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {
-            "dm": collections.OrderedDict(), "tweet": collections.OrderedDict()}
+        self.queues: Dict[str, "collections.OrderedDict[int, Dict[str, Any]]"] = {}     # per kind, made by _keep
         self.lost: Dict[str, Dict[str, int]] = {}      # "kind to" -> {action label: alerts not kept}
         self.text_bytes, self.journal_bytes, self.next_id = 0, 0, 1
         self.committed: Optional[int] = None
@@ -2405,12 +2362,13 @@ class Outbox:
         except OSError as exc:
             self._wrote(exc)
 
-    def sync(self) -> None:
-        """Make the appends durable (once a poll, and for each done record)."""
+    def sync(self) -> bool:
+        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
         with self.lock:
             if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
                 lost, self.lost_changed = self.lost_changed, False
                 self._append([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
+            return self.durable or self.retry()
 
     def _wrote(self, exc: Optional[OSError] = None) -> None:
         """Say once when writing starts failing, and once when it works again."""
@@ -2425,7 +2383,7 @@ class Outbox:
         if cause:                                   # no rewrite storm on a full disk
             self.retry_at = time.monotonic() + 5.0
 
-    def retry(self) -> None:
+    def retry(self) -> bool:
         """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
         (issue 9: a full disk made every alert rewrite the whole journal)."""
         try:
@@ -2435,6 +2393,7 @@ class Outbox:
             room = False
         if room or time.monotonic() >= self.retry_at:
             self.compact()
+        return self.durable
 
     def compact(self) -> None:
         with self.lock:
@@ -2471,18 +2430,11 @@ class Outbox:
             self._append([entry])
             return entry
 
-    def first(self, kind: str) -> Optional[Dict[str, Any]]:
-        """The oldest message of `kind` the sender may take."""
+    def ready(self, kind: str, most: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The oldest `most` (None: all) messages of `kind` the sender may take: those the commit point covers."""
         with self.lock:
-            e = next(iter(self.queues.get(kind, {}).values()), None)
-            return e if e is not None and self.ready(e) else None
-
-    def ready(self, e: Dict[str, Any]) -> bool:
-        return self.committed is None or e["id"] <= self.committed or "c" in e
-
-    def of_kind(self, kind: str) -> List[Dict[str, Any]]:
-        with self.lock:
-            return [e for e in self.queues.get(kind, {}).values() if self.ready(e)]
+            return list(itertools.islice((e for e in self.queues.get(kind, {}).values() if self.committed is None
+                                          or e["id"] <= self.committed or "c" in e), most))
 
     def count(self, kind: str) -> int:
         return len(self.queues.get(kind, ()))
@@ -2515,6 +2467,9 @@ class Outbox:
             self.lost_changed = True
 
     def dead(self, entry: Dict[str, Any], reason: str, now: float) -> None:
+        """X refused it for good: to the dead-letter file, with X's reason."""
+        LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"], entry["to"] or "self", reason,
+                  self.dead_path)
         rec = {"t": now, "kind": entry["kind"], "to": entry["to"], "text": entry["text"], "reason": reason}
         try:
             fd = open_ours(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -2760,7 +2715,7 @@ class Deliverer:
         self.clock = clock              # wall time: X's reset stamps, budget windows (persisted)
         self.monotonic = monotonic      # durations: back-off, credential retry
         self.rng = rng or random.Random()
-        self.retry_at = self.auth_until = -1e18     # monotonic
+        self.retry_at = -1e18           # monotonic: the next try after a back-off or refused credentials
         self.attempts = 0
         self.account_problem = ""      # "auth" or "credit" while X refuses the account
         self.held_logged: Dict[str, float] = {}
@@ -2769,7 +2724,7 @@ class Deliverer:
 
     def nudge(self) -> None:
         """SIGHUP: retry now what waits for credentials or a back-off."""
-        self.retry_at = self.auth_until = -1e18
+        self.retry_at = -1e18
 
     def forget_users(self, config: Config) -> None:
         """Cached user ids only for the handles the config names now."""
@@ -2804,7 +2759,7 @@ class Deliverer:
         user, why = read_user(resp, to or "(the account)")
         if user is None:
             if "no such" in why:
-                self.dead(entry, why)
+                self.outbox.dead(entry, why, self.clock())
             else:                                   # a garbled answer: ask again later
                 self._retry_later(why)
             return None
@@ -2814,11 +2769,6 @@ class Deliverer:
         self.on_change()
         LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
         return uid
-
-    def dead(self, entry: Dict[str, Any], reason: str) -> None:
-        LOG.error("X refused %s to %s for good: %s; moved to %s", entry["kind"],
-                  entry["to"] or "self", reason, self.outbox.dead_path)
-        self.outbox.dead(entry, reason, self.clock())
 
     def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str) -> bool:
         """React to a non-success answer; True when it was one."""
@@ -2845,11 +2795,11 @@ class Deliverer:
                              "and at SIGHUP.", resp.status, resp.detail(), doing,
                              len(self.outbox), self.outbox.path, AUTH_RETRY // 60)
                 self.account_problem = cls
-            self.auth_until = self.monotonic() + AUTH_RETRY
+            self.retry_at = self.monotonic() + AUTH_RETRY
         elif cls == "permanent":
             if resp.status == 403 and entry["kind"] == "dm":
                 LOG.error("%s", dm_hint(entry["to"] or "the account", "the sending account"))
-            self.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()))
+            self.outbox.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()), self.clock())
         else:
             self._retry_later("HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
         return True
@@ -2868,12 +2818,11 @@ class Deliverer:
         if self.client is None or not len(self.outbox):
             return 3600.0
         mono = self.monotonic()
-        for until in (self.auth_until, self.retry_at):     # credentials, then a back-off
-            if mono < until:
-                return until - mono
+        if mono < self.retry_at:                    # credentials, or a back-off
+            return self.retry_at - mono
         waits = []
         for kind in ("dm", "tweet"):
-            entry = self.outbox.first(kind)
+            entry = next(iter(self.outbox.ready(kind, 1)), None)
             if entry is None:
                 continue
             blocked = self._blocked_for(kind, now)
@@ -2912,7 +2861,7 @@ class Deliverer:
         # the last message a window allows, or the first after holding, is a digest when more wait than it allows
         digest = (allowed == 1 or kind in self.summarize_next) and not entry.get("parts")
         self.summarize_next.discard(kind)
-        same = [e for e in self.outbox.of_kind(kind) if e["to"] == entry["to"]] if digest and not lost else []
+        same = [e for e in self.outbox.ready(kind) if e["to"] == entry["to"]] if digest and not lost else []
         if lost:                                    # first say what the full outbox did not keep
             note = "birdsentinel: %d alert(s) were not kept while the outbox was full: %s" % (
                 sum(lost.values()), ", ".join("%s: %d" % kv for kv in sorted(lost.items())))
@@ -3067,10 +3016,9 @@ def is_loopback(url: str) -> bool:
 def check_api_base(url: str) -> str:
     """https anywhere; plain http only to a loopback address (tests)."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if host and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
+    if parts.hostname and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
         return url.rstrip("/")
-    if parts.scheme == "http" and host:
+    if parts.scheme == "http" and parts.hostname:
         raise BirdError("refusing plain http API base %s: credentials would cross the network "
                         "unencrypted; use https (http is allowed only for loopback)" % url)
     raise BirdError("bad API base %r: give https://host" % url)
@@ -3342,26 +3290,28 @@ class ActionRunner:
         if self.dry_run:
             self.write_out("would run: %s\n" % sanitize(shlex.join(argv)))
             return
-        if len(self.children) >= MAX_CHILDREN:
-            size = len(stdin or b"") + sum(map(len, argv))
-            if len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES:
-                self.failed("%d actions already wait for a free slot: dropped %s %s"
-                            % (len(self.waiting), what, argv[0]))
-                return
-            self.waiting.append((argv, stdin, what))
-            self.waiting_bytes += size
+        size = len(stdin or b"") + sum(map(len, argv))
+        if len(self.children) >= MAX_CHILDREN and (
+                len(self.waiting) >= MAX_QUEUED_ACTIONS or self.waiting_bytes + size > MAX_QUEUED_BYTES):
+            self.failed("%d actions already wait for a free slot: dropped %s %s" % (len(self.waiting), what, argv[0]))
             return
-        self._start(argv, stdin, what)
+        self.waiting.append((argv, stdin, what))
+        self.waiting_bytes += size
+        self._start_waiting()
 
-    def _start(self, argv: List[str], stdin: Optional[bytes], what: str) -> None:
-        try:
-            proc = self._popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
-        except OSError as exc:
-            self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
-            return
-        if stdin is not None and proc.stdin is not None:
-            threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
-        self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
+    def _start_waiting(self) -> None:
+        """Start what waits, oldest first, while fewer than MAX_CHILDREN run."""
+        while self.waiting and len(self.children) < MAX_CHILDREN:
+            argv, stdin, what = self.waiting.popleft()
+            self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
+            try:
+                proc = self._popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+            except OSError as exc:
+                self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
+                continue
+            if stdin is not None and proc.stdin is not None:
+                threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
+            self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
         self.failures += 1
@@ -3376,7 +3326,7 @@ class ActionRunner:
                 proc.kill()
                 rc = proc.wait()
                 self.failed("%s ran longer than %.0f s: killed" % (what, CHILD_TIMEOUT))
-            elif rc is not None and rc != 0:
+            elif rc:
                 self.failed("%s exited with status %d" % (what, rc))
             if rc is not None:
                 self.children.remove(child)
@@ -3388,21 +3338,17 @@ class ActionRunner:
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
                             "started again at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped))
                 del self.pipes[key]
-        while self.waiting and len(self.children) < MAX_CHILDREN:
-            argv, stdin, what = self.waiting.popleft()
-            self.waiting_bytes -= len(stdin or b"") + sum(map(len, argv))
-            self._start(argv, stdin, what)
+        self._start_waiting()
 
     def busy(self) -> bool:
         return bool(self.children or self.waiting or any(p.full_since for p in self.pipes.values()))
 
     def wait_all(self, timeout: Optional[float] = None) -> None:
         limit = self.monotonic() + (timeout if timeout is not None else CHILD_TIMEOUT + 5)
-        while self.busy() and self.monotonic() < limit:
-            self.reap()
-            if self.busy():
-                time.sleep(0.01)
         self.reap()
+        while self.busy() and self.monotonic() < limit:
+            time.sleep(0.01)
+            self.reap()
 
     def close(self) -> None:
         for pipe in self.pipes.values():
@@ -3527,27 +3473,24 @@ class App:
     def open_state(self, persistent: bool, need_outbox: bool, config: Optional[Config] = None) -> None:
         if not (persistent or need_outbox):
             return
-        for directory in (os.path.dirname(self.state_path) or ".", self.script_dir):
+        dirs = {os.path.dirname(self.state_path) or ".", self.script_dir}
+        for directory in dirs:
             try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise StateError("cannot create directory %s: %s" % (directory, exc.strerror)) from None
-        ours = [self.state_path, self.state_path + ".lock"]
-        if need_outbox:
-            ours += [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)]
-        for directory in {os.path.dirname(self.state_path), self.script_dir}:
             check_dir_ours(directory)
-        for path in ours:                           # all refusals before anything is written
+        box = [os.path.join(self.script_dir, n) for n in (OUTBOX_NAME, DEAD_NAME)] if need_outbox else []
+        for path in [self.state_path, self.state_path + ".lock"] + box:     # all refusals before anything is written
             if os.path.lexists(path):
                 check_ours(os.lstat(path), path, private=not path.endswith(".lock"))
         self.lock_fd = acquire_lock(self.state_path)
-        for directory in {os.path.dirname(self.state_path), self.script_dir}:
+        for directory in dirs:
             remove_stale_temp_files(directory)      # left by a kill during a write
         self.store = StateStore(self.state_path)
         self.state, _found = self.store.load()
-        if need_outbox:
-            self.outbox = Outbox(os.path.join(self.script_dir, OUTBOX_NAME), os.path.join(self.script_dir, DEAD_NAME),
-                                 **(config.outbox if config else {}))
+        if box:
+            self.outbox = Outbox(*box, **(config.outbox if config else {}))
             self.outbox.load(self.state.outbox_committed)
             self.outbox.born_committed = not persistent     # a one-off pass reads nothing again
 
@@ -3568,39 +3511,30 @@ class App:
         """The commit point: the outbox's new entries reach the disk, then the positions after their lines (offsets,
         journal cursor) with the highest id they cover, in one atomic write; only then may the sender take them (issue
         9: a kill in between re-read and re-sent them). False when what was read is not durable yet."""
-        if self.store is None:
+        now, ob = time.monotonic(), self.outbox
+        if self.store is None or not force and (not self.dirty or now - self.last_save < 0.5):
             return True
-        now = time.monotonic()
-        if not force and (not self.dirty or now - self.last_save < 0.5):
-            return True
-        if self.outbox is not None:
-            self.outbox.sync()
-            if not self.outbox.durable:
-                self.outbox.retry()
-            if not self.outbox.durable:
+        if ob is not None:
+            if not ob.sync():
                 return False                # positions wait until the alerts are safe
+            self.state.outbox_committed = ob.next_id - 1
         for s in sources:
             if isinstance(s, JournalSource):
                 self.state.journal[s.key] = s.snapshot()
             elif isinstance(s, FileTailer):
                 self.state.files[s.path] = s.snapshot()
-        if self.outbox is not None:
-            self.state.outbox_committed = self.outbox.next_id - 1
-        committed = self.state.outbox_committed
-        ok = self.store.save(self.state)
-        if ok:
-            self.dirty = False
-            self.last_save = now
-            if self.outbox is not None and self.outbox.committed != committed:
-                self.outbox.committed = committed
-                self.wake.set()
-        return ok
+        if not self.store.save(self.state):
+            return False
+        self.dirty, self.last_save = False, now
+        if ob is not None and ob.committed != self.state.outbox_committed:
+            ob.committed = self.state.outbox_committed
+            self.wake.set()
+        return True
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(w)
-        self.wake_w = w
+        r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
 
         def on_stop(signum: int, frame: Any) -> None:
             self.stop.set()
@@ -3629,9 +3563,7 @@ class App:
         if self.deliverer is not None:
             self.deliverer.budget = config.budget
             self.deliverer.forget_users(config)
-            client = self.make_client()           # new tokens after --authorize
-            if client is not None:
-                self.deliverer.client = client
+            self.deliverer.client = self.make_client() or self.deliverer.client      # new tokens after --authorize
             self.deliverer.nudge()
             self.wake.set()
         LOG.warning("reloaded configuration from %s (%d rules)", self.config_path, len(config.rules))
@@ -3642,13 +3574,11 @@ class App:
         config = parse_config(self.config_path)     # errors reach the terminal first
         x_needed = self.wants_x(config) and not opts.dry_run
         persistent = not (opts.examine or opts.read_pipe or opts.dry_run)
-        report_fd = None
         self.open_state(persistent, x_needed, config)       # a daemon is persistent: its script dir is made
-        if opts.daemon:
-            report_fd = daemonize()
-            if self.lock_fd is not None:           # the lock names the daemon, not the launcher
-                os.ftruncate(self.lock_fd, 0)
-                os.pwrite(self.lock_fd, b"%d\n" % os.getpid(), 0)
+        report_fd = daemonize() if opts.daemon else None
+        if report_fd is not None and self.lock_fd is not None:     # the lock names the daemon, not the launcher
+            os.ftruncate(self.lock_fd, 0)
+            os.pwrite(self.lock_fd, b"%d\n" % os.getpid(), 0)
         try:
             syslog = setup_logging(opts, self.script_dir, opts.daemon, started=True)
             if opts.pid_file:
@@ -3682,26 +3612,27 @@ class App:
                 os.close(report_fd)
             raise
         finally:
-            self.stop.set()
-            self.wake.set()
-            if self.sender is not None:         # a send in flight is the one duplicate a kill may cost
-                self.sender.join(timeout=1.0)
+            self.stop_sender(1.0)               # a send in flight is the one duplicate a kill may cost
             if opts.pid_file and not opts.once:
                 with contextlib.suppress(OSError), open(opts.pid_file) as fh:
                     if fh.read().strip() == str(os.getpid()):
                         os.unlink(opts.pid_file)
 
+    def stop_sender(self, timeout: float) -> bool:
+        """Stop the sender thread, waiting at most `timeout` for a send in flight; False if it is still in one."""
+        self.stop.set()
+        self.wake.set()
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            sender.join(timeout=timeout)
+        return sender is None or not sender.is_alive()
+
     def finish_delivery(self, deadline: float) -> None:
         """--once, --examine: send what can go now, without waiting."""
         if self.deliverer is None:
             return
-        self.stop.set()
-        self.wake.set()
-        if self.sender is not None:
-            self.sender.join(timeout=HTTP_TIMEOUT + 5)
-            if self.sender.is_alive():              # still in a slow send: two senders would send twice
-                deadline = 0.0
-            self.sender = None
+        if not self.stop_sender(HTTP_TIMEOUT + 5):     # still in a slow send: two senders would send twice
+            deadline = 0.0
         while time.monotonic() < deadline and len(self.deliverer.outbox):
             if self.deliverer.step() > 0:
                 break
@@ -3774,24 +3705,17 @@ class App:
                 if self.hup:
                     self.reload(sentinel, runner)
                 fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
-                timeout = 1.0 if ino is None else 10.0
+                idle = 1.0 if ino is None else 10.0
                 if ino is not None:
                     for t in files:
                         ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
                         ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
                     fds.append(ino.fd)
-                if any(s.more for s in sources):
-                    timeout = 0.0                   # a bounded read left more to read
-                elif runner.busy():
-                    timeout = 0.05
-                elif any(t.retired for t in files):
-                    timeout = min(timeout, RETIRED_GRACE / 4)
-                elif self.dirty:
-                    timeout = 0.5
-                try:
-                    ready, _, _ = select.select(fds, [], [], timeout)
-                except InterruptedError:
-                    ready = []
+                timeout = (0.0 if any(s.more for s in sources)          # a bounded read left more to read
+                           else 0.05 if runner.busy()
+                           else min(idle, RETIRED_GRACE / 4) if any(t.retired for t in files)
+                           else 0.5 if self.dirty else idle)
+                ready, _, _ = select.select(fds, [], [], timeout)     # a signal: its wake-up fd is ready (PEP 475)
                 for fd in {wake_r, ino.fd if ino is not None else -1}.intersection(ready):
                     with contextlib.suppress(BlockingIOError, InterruptedError):     # inotify events, wake-ups: the
                         while os.read(fd, 65536):                                   # work is the next poll's
