@@ -2804,13 +2804,14 @@ class Deliverer:
             self._retry_later("HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
         return True
 
-    def _retry_later(self, why: str) -> None:
+    def _retry_later(self, why: str) -> float:
         delay = backoff_delay(self.attempts, self.rng)
         self.attempts += 1
         self.retry_at = self.monotonic() + delay
         if self.attempts <= 3 or self.attempts & (self.attempts - 1) == 0:
             LOG.warning("delivery failed: %s; retry %d in %.0f s (%d waiting)",
                         why, self.attempts, delay, len(self.outbox))
+        return delay
 
     def step(self) -> float:
         """Send at most one message (or digest).  Returns seconds to wait."""
@@ -2823,9 +2824,7 @@ class Deliverer:
         waits = []
         for kind in ("dm", "tweet"):
             entry = next(iter(self.outbox.ready(kind, 1)), None)
-            if entry is None:
-                continue
-            blocked = self._blocked_for(kind, now)
+            blocked = 3600.0 if entry is None else self._blocked_for(kind, now)
             if blocked > 0:
                 waits.append(blocked)
                 continue
@@ -2847,10 +2846,9 @@ class Deliverer:
             try:
                 self._send(kind, entry, allowed)
             except XNetworkError as exc:
-                self._retry_later(str(exc))
-                return max(self.retry_at - self.monotonic(), 0.0)
+                return self._retry_later(str(exc))
             return 0.0
-        return min(waits) if waits else 3600.0
+        return min(waits)
 
     def _send(self, kind: str, entry: Dict[str, Any], allowed: int) -> None:
         to_id = self._resolve(entry) if kind == "dm" else ""
