@@ -2979,13 +2979,11 @@ def credential_dir(twitter_dir: str, env: Dict[str, str]) -> Tuple[str, bool]:
 
 def load_credentials(twitter_dir: str, env: Dict[str, str], need_token: bool = True) -> Credentials:
     directory, check = credential_dir(twitter_dir, env)
-    try:
+    with contextlib.suppress(OSError):             # a missing dir: read_secret says which file is missing
         mode = os.stat(directory).st_mode
-    except OSError:
-        mode = 0
-    if check and mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CredentialsError("refusing credential dir %s: mode %04o lets other users replace the secrets; "
-                               "run: chmod 0750 %s" % (directory, stat.S_IMODE(mode), directory))
+        if check and mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise CredentialsError("refusing credential dir %s: mode %04o lets other users replace the secrets; "
+                                   "run: chmod 0750 %s" % (directory, stat.S_IMODE(mode), directory))
     names = SECRET_NAMES if need_token else SECRET_NAMES[:2]
     values = [read_secret(os.path.join(directory, n), check) for n in names]
     protect_process()
@@ -3002,24 +3000,20 @@ def protect_process() -> None:
         LOG.debug("cannot make the process non-dumpable: %s", exc)
 
 
-def is_loopback(url: str) -> bool:
+def check_api_base(url: str) -> Tuple[str, bool]:
+    """The base without a trailing /, and whether its host is loopback: https anywhere, plain http only there (tests)."""
     import ipaddress
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_api_base(url: str) -> str:
-    """https anywhere; plain http only to a loopback address (tests)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.hostname and (parts.scheme == "https" or parts.scheme == "http" and is_loopback(url)):
-        return url.rstrip("/")
-    if parts.scheme == "http" and parts.hostname:
+    try:
+        loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme == "http" and parts.hostname and not loopback:
         raise BirdError("refusing plain http API base %s: credentials would cross the network "
                         "unencrypted; use https (http is allowed only for loopback)" % url)
-    raise BirdError("bad API base %r: give https://host" % url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise BirdError("bad API base %r: give https://host" % url)
+    return url.rstrip("/"), loopback
 
 
 def client_from(opts: Any, env: Dict[str, str], need_token: bool = True,
@@ -3102,8 +3096,9 @@ class XClient:
                  opener: Optional[Callable[[Any, float], Any]] = None, clock: Callable[[], float] = time.time,
                  nonce: Callable[[], str] = new_nonce, timeout: float = HTTP_TIMEOUT,
                  ca_file: Optional[str] = None) -> None:
-        self.creds, self.api_base = creds, check_api_base(api_base)
-        self.opener = opener or default_opener(ca_file, is_loopback(self.api_base))
+        self.creds = creds
+        self.api_base, loopback = check_api_base(api_base)
+        self.opener = opener or default_opener(ca_file, loopback)
         self.clock, self.nonce, self.timeout = clock, nonce, timeout
 
     def __repr__(self) -> str:
