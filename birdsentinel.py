@@ -3302,8 +3302,8 @@ class ActionRunner:
             except OSError as exc:
                 self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
                 continue
-            if stdin is not None and proc.stdin is not None:
-                threading.Thread(target=feed_stdin, args=(proc, stdin), daemon=True).start()
+            if stdin is not None:                   # writes, closes and reaps; a child gone early is no error
+                threading.Thread(target=proc.communicate, args=(stdin,), daemon=True).start()
             self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
@@ -3312,8 +3312,7 @@ class ActionRunner:
 
     def reap(self) -> None:
         now = self.monotonic()
-        for child in list(self.children):
-            proc, what, started = child
+        for proc, what, started in list(self.children):
             rc = proc.poll()
             if rc is None and now - started > CHILD_TIMEOUT:
                 proc.kill()
@@ -3322,7 +3321,7 @@ class ActionRunner:
             elif rc:
                 self.failed("%s exited with status %d" % (what, rc))
             if rc is not None:
-                self.children.remove(child)
+                self.children.remove((proc, what, started))
         for key, pipe in list(self.pipes.items()):
             if pipe.full_since is not None and not pipe.lines.full():
                 pipe.full_since = None              # the reader caught up after a burst
@@ -3345,14 +3344,11 @@ class ActionRunner:
 
     def close(self) -> None:
         for pipe in self.pipes.values():
-            if pipe.lines.full():
-                pipe.proc.kill()
-            else:
-                pipe.lines.put(None)
             try:
+                pipe.lines.put_nowait(None)         # the writer closes the child's stdin: it ends
                 pipe.proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pipe.proc.kill()
+            except (queue.Full, subprocess.TimeoutExpired):
+                pipe.proc.kill()                    # a stalled reader, or one that does not end
         self.pipes.clear()
 
 
@@ -3388,13 +3384,6 @@ class PipeWriter:
 def child_env(env: Any) -> Dict[str, str]:
     """What a child sees: locale, time zone, user, a fixed PATH; not $CREDENTIALS_DIRECTORY, proxies or more of ours."""
     return dict({k: v for k, v in env.items() if k in CHILD_ENV_KEEP or k.startswith("LC_")}, PATH=CHILD_PATH)
-
-
-def feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        assert proc.stdin is not None
-        proc.stdin.write(data)
-        proc.stdin.close()
 
 
 def current_user() -> str:
