@@ -3001,7 +3001,7 @@ def protect_process() -> None:
 
 
 def check_api_base(url: str) -> Tuple[str, bool]:
-    """The base without a trailing /, and whether its host is loopback: https anywhere, plain http only there (tests)."""
+    """(The base without a trailing /, is it loopback): https anywhere; plain http only to loopback (tests)."""
     import ipaddress
     parts = urllib.parse.urlsplit(url)
     try:
@@ -3214,10 +3214,9 @@ class ActionRunner:
                 self.enqueue(kind, to, message, action, origin)
 
     def write_out(self, text: str) -> None:
-        if self.daemon:
-            return
         try:                                        # not contextlib.suppress: this runs for every line
-            self.out.write(text)
+            if not self.daemon:
+                self.out.write(text)
         except (OSError, ValueError):
             pass
 
@@ -3367,9 +3366,7 @@ class PipeWriter:
             for data in iter(self.lines.get, None):
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
-        with contextlib.suppress(OSError, ValueError):
-            self.proc.stdin.close()
-        self.proc.wait()                            # no fd, thread or zombie left per restart
+        self.proc.communicate()                     # closes stdin, reaps: no fd, thread or zombie left per restart
 
     def put(self, data: bytes, now: float) -> None:
         """Queue a line; a full queue drops it (counted) and starts the stall clock."""
@@ -3681,22 +3678,20 @@ class App:
                     if omprog is not None:
                         omprog.answer(committed)
                 enqueued, matches = runner.enqueued, sentinel.matches
-                if (opts.once and not any(s.more for s in sources)) or sentinel.quit or self.stop.is_set() \
-                        or all(s.done for s in sources):
+                more = any(s.more for s in sources)         # a bounded read left more to read
+                if opts.once and not more or sentinel.quit or self.stop.is_set() or all(s.done for s in sources):
                     break
                 if self.hup:
                     self.reload(sentinel, runner)
                 fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
-                idle = 1.0 if ino is None else 10.0
                 if ino is not None:
                     for t in files:
                         ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
                         ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
                     fds.append(ino.fd)
-                timeout = (0.0 if any(s.more for s in sources)          # a bounded read left more to read
-                           else 0.05 if runner.busy()
-                           else min(idle, RETIRED_GRACE / 4) if any(t.retired for t in files)
-                           else 0.5 if self.dirty else idle)
+                idle = 1.0 if ino is None else 10.0
+                timeout = min(idle, 0.0 if more else 0.05 if runner.busy()
+                              else RETIRED_GRACE / 4 if any(t.retired for t in files) else 0.5 if self.dirty else idle)
                 ready, _, _ = select.select(fds, [], [], timeout)     # a signal: its wake-up fd is ready (PEP 475)
                 for fd in {wake_r, ino.fd if ino is not None else -1}.intersection(ready):
                     with contextlib.suppress(BlockingIOError, InterruptedError):     # inotify events, wake-ups: the
