@@ -2754,14 +2754,8 @@ class Deliverer:
             return str(cached)
         assert self.client is not None
         resp = self.client.user(to)
-        if self.handle_failure(resp, entry, "looking up %s" % (to or "the account")):
-            return None
         user, why = read_user(resp, to or "(the account)")
-        if user is None:
-            if "no such" in why:
-                self.outbox.dead(entry, why, self.clock())
-            else:                                   # a garbled answer: ask again later
-                self._retry_later(why)
+        if self.handle_failure(resp, entry, "looking up %s" % (to or "the account"), why) or user is None:
             return None
         uid = str(user["id"])
         with self.lock:
@@ -2770,8 +2764,9 @@ class Deliverer:
         LOG.info("resolved %s to user id %s (cached in the state file)", to or "the account", uid)
         return uid
 
-    def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str) -> bool:
-        """React to a non-success answer; True when it was one."""
+    def handle_failure(self, resp: XResponse, entry: Dict[str, Any], doing: str, problem: str = "") -> bool:
+        """React to a non-success answer, or to a success with a problem (a lookup's 200 without a user); True when it
+        was either.  The one place for what a failed answer does."""
         cls = classify(resp)
         now = self.clock()
         until = rate_limit_until(resp.headers, now, cls == "rate")
@@ -2780,7 +2775,7 @@ class Deliverer:
                 self.state.blocked_until[entry["kind"]] = until
             self.block_mono[entry["kind"]] = self.monotonic() + (until - now)
             self.on_change()
-        if cls == "ok":
+        if cls == "ok" and not problem:
             return False
         if cls == "rate":
             LOG.warning("X rate limit (429) while %s: holding %s messages until %s",
@@ -2796,12 +2791,12 @@ class Deliverer:
                              len(self.outbox), self.outbox.path, AUTH_RETRY // 60)
                 self.account_problem = cls
             self.retry_at = self.monotonic() + AUTH_RETRY
-        elif cls == "permanent":
+        elif cls == "permanent" or cls == "ok" and "no such" in problem:
             if resp.status == 403 and entry["kind"] == "dm":
                 LOG.error("%s", dm_hint(entry["to"] or "the account", "the sending account"))
-            self.outbox.dead(entry, "HTTP %d: %s" % (resp.status, resp.detail()), self.clock())
-        else:
-            self._retry_later("HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
+            self.outbox.dead(entry, problem if cls == "ok" else "HTTP %d: %s" % (resp.status, resp.detail()), now)
+        else:                                       # a garbled 200 too: ask again later
+            self._retry_later(problem if cls == "ok" else "HTTP %d (%s) while %s" % (resp.status, resp.detail(), doing))
         return True
 
     def _retry_later(self, why: str) -> float:
