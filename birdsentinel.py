@@ -2819,7 +2819,9 @@ class Deliverer:
         waits = []
         for kind in ("dm", "tweet"):
             entry = next(iter(self.outbox.ready(kind, 1)), None)
-            blocked = 3600.0 if entry is None else self._blocked_for(kind, now)
+            if entry is None:
+                continue
+            blocked = self._blocked_for(kind, now)
             if blocked > 0:
                 waits.append(blocked)
                 continue
@@ -2843,7 +2845,7 @@ class Deliverer:
             except XNetworkError as exc:
                 return self._retry_later(str(exc))
             return 0.0
-        return min(waits)
+        return min(waits) if waits else 3600.0
 
     def _send(self, kind: str, entry: Dict[str, Any], allowed: int) -> None:
         to_id = self._resolve(entry) if kind == "dm" else ""
