@@ -2934,33 +2934,29 @@ class Credentials:
 def read_secret(path: str, check_mode: bool = True) -> str:
     """One secret, checked (outside systemd's credentials): a regular file in its directory (a symlink may point only
     inside it), owned by root or us, nobody else may read or change; checked once opened (fstat): no swap in between."""
-    real = os.path.realpath(path)
+    real, fd = os.path.realpath(path), -1
     try:
         if check_mode and os.path.dirname(real) != os.path.realpath(os.path.dirname(path)):
             raise CredentialsError("refusing credential file %s: it is a symbolic link to %s, outside its "
                                    "directory; put the file itself there" % (path, real))
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        why = ("not a regular file" if not stat.S_ISREG(st.st_mode) else "" if not check_mode
+               else "it belongs to uid %d, who could replace it; run: chown root:monitor %s" % (st.st_uid, path)
+               if st.st_uid not in (0, os.geteuid()) else
+               "mode %04o lets other users read or change it; run: chmod 600 %s (or chmod 640 with group monitor)"
+               % (stat.S_IMODE(st.st_mode), path) if st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP) else "")
+        if why:
+            raise CredentialsError("refusing credential file %s: %s" % (path, why))
+        value = os.read(fd, 4096).decode("utf-8").strip()
     except FileNotFoundError:
         raise CredentialsError("missing credential file %s" % path) from None
-    except OSError as exc:
-        raise CredentialsError("cannot read credential file %s: %s" % (path, exc.strerror)) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CredentialsError("refusing credential file %s: not a regular file" % path)
-        if check_mode and st.st_uid not in (0, os.geteuid()):
-            raise CredentialsError("refusing credential file %s: it belongs to uid %d, who could replace it; "
-                                   "run: chown root:monitor %s" % (path, st.st_uid, path))
-        if check_mode and st.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-            raise CredentialsError(
-                "refusing credential file %s: mode %04o lets other users read or change it; "
-                "run: chmod 600 %s (or chmod 640 with group monitor)" % (path, stat.S_IMODE(st.st_mode), path))
-        value = os.read(fd, 4096).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise CredentialsError("cannot read credential file %s: %s"
                                % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     if not value or any(c.isspace() for c in value):
         raise CredentialsError("credential file %s must hold one value on one line" % path)
     return value
@@ -3048,8 +3044,7 @@ class XResponse:
         if 300 <= self.status < 400:
             where = urllib.parse.urlsplit(self.headers.get("location", "")).hostname or "nowhere"
             text = "a redirect to %s, not followed (is a proxy or portal in the way?)" % where
-        if not text:
-            text = self.body[:200].decode("utf-8", "replace")
+        text = text or self.body[:200].decode("utf-8", "replace")
         # an answer that quotes the request must not put it in the log
         text = re.sub(r"(oauth_[a-z_]+)\s*=\s*\"?[^\",&\s]*\"?", r"\1=<hidden>", text)
         return sanitize(text)[:300] or "HTTP %d" % self.status
