@@ -2828,8 +2828,7 @@ class Deliverer:
             price = message_price(kind, entry_parts(entry)[0])      # what is posted, defanged
             with self.lock:
                 # stamps in the future (the wall clock went back) become now, once, so they age out within their window
-                sent = self.state.sent.setdefault(kind, [])
-                sent[:] = [min(t, now) for t in sent]
+                sent = self.state.sent[kind] = [min(t, now) for t in self.state.sent.get(kind, [])]
                 self.state.spend = [[min(t, now), u] for t, u in self.state.spend]
                 allowed, free_at = budget_allowance(self.budget, kind, sent, self.state.spend, now, price)
             if allowed <= 0:
@@ -3421,8 +3420,7 @@ class App:
             if getattr(opts, name, None):
                 setattr(opts, name, os.path.abspath(getattr(opts, name)))
         opts.tail_file = [os.path.abspath(p) for p in opts.tail_file]
-        self.opts, self.env = opts, env
-        self.out = out or sys.stdout
+        self.opts, self.env, self.out = opts, env, out or sys.stdout
         self.script_dir = opts.script_dir or default_script_dir(env)
         self.state_path = opts.state_file or os.path.join(self.script_dir, STATE_NAME)
         self.config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
