@@ -3476,29 +3476,29 @@ class App:
         with contextlib.suppress(OSError, AttributeError):
             os.write(self.wake_w, b"s")
 
-    def save_state(self, sources: Sequence[Any], force: bool = False) -> bool:
+    def save_state(self, sources: Sequence[Any], force: bool = False,
+                   answer: Optional[Callable[[bool], None]] = None) -> bool:
         """The commit point: the outbox's new entries reach the disk, then the positions after their lines (offsets,
         journal cursor) with the highest id they cover, in one atomic write; only then may the sender take them (issue
-        9: a kill in between re-read and re-sent them). False when what was read is not durable yet."""
+        9: a kill in between re-read and re-sent them). False when what was read is not durable yet.  omprog's answer
+        goes before the sender takes them: a kill in between sent an alert that rsyslog, told no OK, sent again."""
         now, ob = time.monotonic(), self.outbox
-        if self.store is None or not force and (not self.dirty or now - self.last_save < 0.5):
-            return True
-        if ob is not None:
-            if not ob.sync():
-                return False                # positions wait until the alerts are safe
-            self.state.outbox_committed = ob.next_id - 1
-        for s in sources:
-            if isinstance(s, JournalSource):
-                self.state.journal[s.key] = s.snapshot()
-            elif isinstance(s, FileTailer):
-                self.state.files[s.path] = s.snapshot()
-        if not self.store.save(self.state):
-            return False
-        self.dirty, self.last_save = False, now
-        if ob is not None and ob.committed != self.state.outbox_committed:
+        ok = self.store is None or not force and (not self.dirty or now - self.last_save < 0.5)     # nothing to do
+        if not ok and (ob is None or ob.sync()):    # positions wait until the alerts are safe
+            self.state.outbox_committed = ob.next_id - 1 if ob is not None else self.state.outbox_committed
+            for s in sources:
+                if isinstance(s, JournalSource):
+                    self.state.journal[s.key] = s.snapshot()
+                elif isinstance(s, FileTailer):
+                    self.state.files[s.path] = s.snapshot()
+            ok = self.store.save(self.state)        # type: ignore[union-attr]
+            self.dirty, self.last_save = (False, now) if ok else (self.dirty, self.last_save)
+        if answer is not None:
+            answer(ok)
+        if ok and ob is not None and ob.committed != self.state.outbox_committed:
             ob.committed = self.state.outbox_committed
             self.wake.set()
-        return True
+        return ok
 
     # -- signals ---------------------------------------------------------
     def install_signals(self) -> int:
@@ -3663,10 +3663,8 @@ class App:
                     self.dirty = src.poll() > 0 or self.dirty       # positions to save
                 runner.reap()
                 if not self.oneoff:         # the commit point, right after alerts reach the outbox
-                    committed = self.save_state(sources, force=runner.enqueued != enqueued or (
-                        omprog is not None and sentinel.matches != matches))      # omprog: counters too
-                    if omprog is not None:
-                        omprog.answer(committed)
+                    force = runner.enqueued != enqueued or omprog is not None and sentinel.matches != matches  # counters
+                    self.save_state(sources, force, omprog.answer if omprog is not None else None)
                 enqueued, matches = runner.enqueued, sentinel.matches
                 more = any(s.more for s in sources)         # a bounded read left more to read
                 if opts.once and not more or sentinel.quit or self.stop.is_set() or all(s.done for s in sources):
