@@ -3663,7 +3663,8 @@ class App:
                     self.dirty = src.poll() > 0 or self.dirty       # positions to save
                 runner.reap()
                 if not self.oneoff:         # the commit point, right after alerts reach the outbox
-                    force = runner.enqueued != enqueued or omprog is not None and sentinel.matches != matches  # counters
+                    # new alerts; for omprog (which answers for each message) new counters too
+                    force = runner.enqueued != enqueued or omprog is not None and sentinel.matches != matches
                     self.save_state(sources, force, omprog.answer if omprog is not None else None)
                 enqueued, matches = runner.enqueued, sentinel.matches
                 more = any(s.more for s in sources)         # a bounded read left more to read
