@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """birdsentinel -- real-time log alerts over Twitter/X direct messages.
 
-A swatch-compatible log watcher in one file, Python 3.9+ standard library only.
-It follows log files, the systemd journal or rsyslog, matches swatch-style
-rules, throttles, runs actions without a shell, and delivers alerts as X direct
-messages or posts (X API v2, OAuth 1.0a).
+A swatch-compatible log watcher in one file (Python 3.9+, standard library only):
+it follows log files, the systemd journal or rsyslog, matches swatch-style rules,
+throttles, runs actions without a shell, and delivers alerts as X direct messages
+or posts (X API v2, OAuth 1.0a).
 
 Command line usage:
     birdsentinel.py [-c CONFIG] [-t FILE... | --journal | --omprog] [options]
@@ -16,9 +16,8 @@ Command line usage:
 
 Input (swatch's flags):
   -c, --config-file FILE   rules (default ~/.swatchdogrc)
-  -t, --tail-file FILE     follow FILE; repeat for several files.  With no
-                           source given: /var/log/messages, else
-                           /var/log/syslog, else the systemd journal
+  -t, --tail-file FILE     follow FILE (repeatable).  With no source given:
+                           /var/log/messages, else /var/log/syslog, else the journal
   -f, --examine FILE       read FILE once from the start, then exit
   -p, --read-pipe "CMD"    read the output of CMD (run as argv, no shell)
   --journal                follow the systemd journal, resuming at its cursor
@@ -27,8 +26,7 @@ Input (swatch's flags):
   --omprog                 read rsyslog omprog's stdin, answer OK when durable
   --daemon                 detach; log to syslog (or --log-file)
   --pid-file FILE          write the daemon's pid to FILE
-  --script-dir DIR         where state, outbox and dead-letter files live
-                           (default ~/.local/state/birdsentinel)
+  --script-dir DIR         state, outbox, dead letters (~/.local/state/birdsentinel)
 Our own:
   --once                   read what is new since the last run, act, save, exit
   --state-file FILE        state file (default SCRIPTDIR/birdsentinel.state)
@@ -59,13 +57,12 @@ Config grammar (swatch 3):
   ignore /REGEX/           drop matching lines for the rules below it
   echo [MODES]             print the line (MODES: normal, bold, red, ...)
   bell [N]                 ring the terminal bell N times
-  exec CMD ARGS            run a program: the command is split once like a
-                           shell would, then $_ $0 (the line), $1..$9, ${name}
-                           (groups; journal fields: ${_HOSTNAME}) go INSIDE
-                           single arguments.  No shell ever runs; for one:
-                           exec sh -c 'logger "$1"' sh $_
-                           The line's control characters and escapes are
-                           removed (tab kept); ",raw=1" keeps them.
+  exec CMD ARGS            run a program: the command is split once like a shell
+                           would, then $_ $0 (the line), $1..$9, ${name} (groups;
+                           journal fields: ${_HOSTNAME}) go INSIDE single arguments.
+                           No shell ever runs; for one: exec sh -c 'logger "$1"' sh $_
+                           The line's control characters and escapes are removed
+                           (tab kept); ",raw=1" keeps them.
   pipe CMD[,keep_open=1]   write the line to CMD's standard input (a kept
                            one that reads nothing for 5 s is restarted)
   mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
@@ -96,10 +93,9 @@ Signals:
   SIGHUP                   reload the config (a bad one is refused), retry X
 
 Exit status:
-  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input
-  missing or unreadable; 70 internal error; 73 cannot create a file; 75
-  temporary failure (another instance running, X unreachable); 78 configuration
-  or credential error.
+  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input missing
+  or unreadable; 70 internal error; 73 cannot create a file; 75 temporary failure
+  (another instance running, X unreachable); 78 configuration or credential error.
 """
 
 from __future__ import annotations
