@@ -133,7 +133,7 @@ import zlib
 # functions that use them: OpenSSL, the HTTP stack and the syslog handler cost about 9 MB of memory that a watcher
 # without X actions, and every --examine run, never needs.
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type
 
 __version__ = "0.1.0"
 
@@ -222,30 +222,21 @@ class ConfigError(BirdError):
         super().__init__('"%s", line %d: %s' % (path, lineno, what) + (" \u2014 " + hint if hint else ""))
 
 
-class CredentialsError(BirdError):
-    exit_code = EX_CONFIG
+def bird_error(name: str, exit_code: int, doc: str) -> Type[BirdError]:
+    """A BirdError that differs from the others only in its name and exit status."""
+    return type(name, (BirdError,), {"exit_code": exit_code, "__doc__": doc})
 
 
-class StateError(BirdError):
-    exit_code = EX_CANTCREAT
-
-
-class LockedError(BirdError):
-    exit_code = EX_TEMPFAIL
-
-
-class UnsafeFileError(BirdError):
-    """A file or directory that birdsentinel did not make, or others can change."""
-    exit_code = EX_CONFIG
-
-
-class NoInputError(BirdError):
-    exit_code = EX_NOINPUT
-
-
-class XNetworkError(BirdError):
-    """The request never got an HTTP answer (refused, reset, timed out)."""
-    exit_code = EX_TEMPFAIL
+CredentialsError = bird_error("CredentialsError", EX_CONFIG,
+                              "An X credential file or directory that is missing, unreadable or unsafe.")
+StateError = bird_error("StateError", EX_CANTCREAT,
+                        "A state, outbox, lock, log, pid or token file that cannot be read or made.")
+LockedError = bird_error("LockedError", EX_TEMPFAIL, "Another instance holds the state file's lock.")
+UnsafeFileError = bird_error("UnsafeFileError", EX_CONFIG,
+                             "A file or directory that birdsentinel did not make, or others can change.")
+NoInputError = bird_error("NoInputError", EX_NOINPUT, "An input (file, command, journal) that cannot be read or run.")
+XNetworkError = bird_error("XNetworkError", EX_TEMPFAIL,
+                           "The request never got an HTTP answer (refused, reset, timed out).")
 
 
 # ==== OAuth 1.0a (RFC 5849) ==================================================
@@ -527,7 +518,7 @@ class Config:
 
 
 def read_logical_lines(text: str) -> Iterator[Tuple[int, int, str]]:
-    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first, last line number, text)."""
+    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first, last lineno, text)."""
     pending: List[str] = []
     start, lines = 0, text.split("\n")             # not splitlines(): \f or U+2028 end no line
     for n, raw in enumerate(lines, 1):
@@ -3818,10 +3809,7 @@ UNSUPPORTED_FLAGS = types.MappingProxyType({
     "--input-record-separator": "lines end at newlines"})
 IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
                  "-r", "--debug", "--noawk-field-syntax")
-
-
-class Usage(BirdError):
-    exit_code = EX_USAGE
+Usage = bird_error("Usage", EX_USAGE, "A command line that cannot be run as given.")
 
 
 class ArgParser(argparse.ArgumentParser):
