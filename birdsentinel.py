@@ -567,7 +567,6 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
     while True:
         pos = n - len(value[pos:].lstrip())
         neg = re.match(r"!|not\b", value[pos:])      # swatch hands the expression to Perl: and, or, not work
-        negated = neg is not None
         if neg:
             seen.add(neg.group())
             pos = n - len(value[pos + neg.end():].lstrip())
@@ -594,7 +593,7 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         flags = value[i + 1:j]
         if set(flags) - set("imsxgo"):
             raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
-        terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
+        terms.append(Term(neg is not None, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
                           field.group(1) if field else ""))
         pos = n - len(value[j:].lstrip())
         if pos >= n or value[pos] == "#":
@@ -735,26 +734,24 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
         raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc), "balance the quotes") from None
-    templates, head = [], ["".join(t for t, _ in w) for w in words[:2]]
-    quoted = [m.group(0) for w in words for text, literal in w if literal for m in TEMPLATE_VAR_RE.finditer(text)
-              if (m.group(2) or m.group(1) or "x") in "_*0123456789"]
+    head = ["".join(t for t, _ in w) for w in words[:2]]
+    found = [(literal, m) for w in words for text, literal in w for m in TEMPLATE_VAR_RE.finditer(text)]
+    quoted = [m.group(0) for literal, m in found if literal and (m.group(2) or m.group(1) or "x") in "_*0123456789"]
     if quoted and not (os.path.basename(head[0]) in ("sh", "bash", "dash") and head[1:] == ["-c"]):
         LOG.warning('"%s", line %d: %s inside single quotes is passed as the text %s, where swatch put the line or '
                     "group; take it out of the quotes ('text '%s) or run --convert-config", path, lineno, quoted[0],
                     quoted[0], quoted[0])
-    for w in words:
-        for text, literal in w:
-            for m in TEMPLATE_VAR_RE.finditer(text):
-                if m.group(3) is not None and not literal:
-                    raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
-                                      "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
-                                      "the rest (inside '...' nothing is substituted)")
-        templates.append(Template.from_segments(w))
+    unknown = [m.group(3) for literal, m in found if m.group(3) is not None and not literal]
+    if unknown:
+        raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (unknown[0], what),
+                          "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
+                          "the rest (inside '...' nothing is substituted)")
+    templates = tuple(Template.from_segments(w) for w in words)
     if templates[0].variables():
         raise ConfigError(path, lineno, "the program of %s comes from the log line: %s"
                           % (what, "".join(t for t, _ in words[0])),
                           "name a fixed program and pass the line as an argument")
-    return tuple(templates)
+    return templates
 
 
 def parse_when(value: str, path: str, lineno: int) -> When:
@@ -978,12 +975,9 @@ def check_variables(rule: Rule) -> None:
     positives = [t.regex for t in rule.pattern.terms if not t.negated]
     groups = max((rx.groups for rx in positives), default=0)
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
-    templates: List[Tuple[int, Template]] = [(a.lineno, t) for a in rule.actions
-                                             for t in (*a.argv, a.message, a.subject) if t is not None]
-    if rule.threshold is not None:
-        templates.append((rule.lineno, rule.threshold.track_by))
-    if rule.throttle is not None and rule.throttle.key is not None:
-        templates.append((rule.lineno, rule.throttle.key))
+    templates = [(a.lineno, t) for a in rule.actions for t in (*a.argv, a.message, a.subject) if t is not None]
+    templates += [(rule.lineno, t) for t in (rule.threshold and rule.threshold.track_by,
+                                             rule.throttle and rule.throttle.key) if t is not None]
     for lineno, t in templates:
         for name in t.variables():
             if name.isdigit() and name != "0" and int(name) > groups:
