@@ -291,15 +291,11 @@ def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str 
     return base64.b64encode(digest).decode("ascii")
 
 
-def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
-    """RFC 5849 section 3.5.1: 'OAuth ' + name="value" pairs, encoded."""
-    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in oauth_params)
-
-
 def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
                  token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
                  extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
-    """The Authorization header of one request (HMAC-SHA1); extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
+    """The Authorization header (sec. 3.5.1: 'OAuth ' + name="value" pairs, encoded) of one request, HMAC-SHA1 signed;
+    extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
     if token:
@@ -310,7 +306,7 @@ def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
     params = request_parameters(url, oauth, form_body)
     base = signature_base_string(method, base_string_uri(url), normalize_parameters(params))
     oauth.append(("oauth_signature", hmac_sha1_signature(base, consumer_secret, token_secret)))
-    return authorization_header(sorted(oauth))
+    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in sorted(oauth))
 
 
 def new_nonce() -> str:
