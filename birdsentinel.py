@@ -237,6 +237,7 @@ UnsafeFileError = bird_error("UnsafeFileError", EX_CONFIG,
 NoInputError = bird_error("NoInputError", EX_NOINPUT, "An input (file, command, journal) that cannot be read or run.")
 XNetworkError = bird_error("XNetworkError", EX_TEMPFAIL,
                            "The request never got an HTTP answer (refused, reset, timed out).")
+XRefusedError = bird_error("XRefusedError", EX_TEMPFAIL, "X refused for now (rate limit, trouble, no credits).")
 
 
 # ==== OAuth 1.0a (RFC 5849) ==================================================
@@ -3904,39 +3905,38 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     client = client_from(opts, env, opener=opener)
     to_id = to
     if kind == "dm" and not USER_ID_RE.match(to):
-        resp = client.user(to)
-        code = report_failure(resp, "looking up %s" % (to or "the account"))
-        if code:
-            return code
-        user, why = read_user(resp, to or "(the account)")
-        if user is None:
-            LOG.error("%s", why)
-            return EX_FAIL
-        to_id = str(user["id"])
+        to_id = str(look_up(client, to, "looking up %s" % (to or "the account"))[0]["id"])
     for part in entry_parts(entry):
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
         if kind == "dm" and resp.status == 403:
             LOG.error("%s", dm_hint(to or "the account", "the sending account"))
-        code = report_failure(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
-        if code:
-            return code
+        check_answer(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
     out.write("sent\n")
     return EX_OK
 
 
-def report_failure(resp: XResponse, doing: str) -> int:
+def check_answer(resp: XResponse, doing: str) -> None:
+    """Raise the error (exit status) of --send and --check when X did not accept what we were doing."""
     cls = classify(resp)
-    if cls == "ok":
-        return EX_OK
     if cls == "auth":
-        LOG.error("X rejected the credentials (401: %s) while %s; run --authorize", resp.detail(), doing)
-        return EX_CONFIG
+        raise CredentialsError("X rejected the credentials (401: %s) while %s; run --authorize"
+                               % (resp.detail(), doing))
     if cls == "credit":
-        LOG.error("X refused for lack of credits or access (%d: %s) while %s: add credits (or raise the "
-                  "spend limit) in the X developer console", resp.status, resp.detail(), doing)
-        return EX_TEMPFAIL
-    LOG.error("X answered %d while %s: %s", resp.status, doing, resp.detail())
-    return EX_TEMPFAIL if cls in ("rate", "retry") else EX_FAIL
+        raise XRefusedError("X refused for lack of credits or access (%d: %s) while %s: add credits (or raise the "
+                            "spend limit) in the X developer console" % (resp.status, resp.detail(), doing))
+    if cls != "ok":
+        error = XRefusedError if cls in ("rate", "retry") else BirdError
+        raise error("X answered %d while %s: %s" % (resp.status, doing, resp.detail()))
+
+
+def look_up(client: XClient, to: str, doing: str) -> Tuple[Dict[str, Any], XResponse]:
+    """X's user object of @handle or id `to` ('': the account itself), and the answer; else raise, as check_answer."""
+    resp = client.user(to)
+    check_answer(resp, doing)
+    user, why = read_user(resp, to or "(the account)")
+    if user is None:
+        raise BirdError(why)
+    return user, resp
 
 
 def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any,
@@ -4044,14 +4044,7 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
         out.write("FIX: %s\n" % p)
     if opts.online:
         client = client_from(opts, env, opener=opener)
-        resp = client.user("")
-        code = report_failure(resp, "asking X who the token belongs to")
-        if code:
-            return code
-        me, why = read_user(resp, "(the account)")
-        if me is None:
-            LOG.error("%s", why)
-            return EX_FAIL
+        me, resp = look_up(client, "", "asking X who the token belongs to")
         sender = "@" + sanitize(str(me.get("username")))
         level = resp.headers.get("x-access-level", "")
         out.write("X account %s (id %s), access level %s\n" % (sender, me["id"], sanitize(level) or "not reported"))
