@@ -326,6 +326,7 @@ POSIX_CLASSES = types.MappingProxyType({
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e"})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
+ACTION_KINDS = ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue", "quit")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
 SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (\S+) (\S+)")
@@ -456,7 +457,7 @@ class When:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str                               # echo bell exec pipe mail write dm tweet continue quit
+    kind: str                               # one of ACTION_KINDS
     lineno: int
     argv: Tuple[Template, ...] = ()         # exec, pipe, mailer
     modes: Tuple[str, ...] = ()             # echo
@@ -898,18 +899,14 @@ def parse_outbox(value: str, path: str, lineno: int) -> Dict[str, int]:
 def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
     if text is None:
         text = read_config_text(path, _stack[-1] if _stack else "", 0)
-    rules: List[Rule] = []
-    budget = dict(DEFAULT_BUDGET)
-    outbox = {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES}
-    files = [path]
+    config = Config(path, [], dict(DEFAULT_BUDGET), (path,))
     current: Optional[Rule] = None
     for lineno, _last, line in read_logical_lines(text):
         m = KEYWORD_RE.match(line)
         if not m:
-            hint = "rules start with watchfor /regex/"
-            if line.startswith("/"):
-                hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
-            raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
+            raise ConfigError(path, lineno, "cannot read %r" % line[:60], "this is the pre-3.0 tab format; write "
+                              "'watchfor /regex/' then one action per line" if line.startswith("/")
+                              else "rules start with watchfor /regex/")
         key, value = m.group(1).lower(), m.group(2).strip()
         if "@@" in value:
             raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
@@ -922,22 +919,21 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 raise ConfigError(path, lineno, "%s needs a pattern" % key, "e.g. %s /regex/" % key)
             current = Rule("ignore" if key == "ignore" else "watchfor",
                            parse_pattern(value, path, lineno), path, lineno)
-            rules.append(current)
+            config.rules.append(current)
         elif key == "include":
             inc = os.path.join(os.path.dirname(path), unquote_value(value))
             if os.path.abspath(inc) in [os.path.abspath(p) for p in _stack + (path,)]:
                 raise ConfigError(path, lineno, "include loop through %s" % inc, "remove the circular include")
             sub = parse_config(inc, read_config_text(inc, path, lineno), _stack + (path,))
-            rules.extend(sub.rules)
-            files.extend(sub.files)
-            budget.update({k: v for k, v in sub.budget.items() if v is not None or k == "usd_per_day"})
+            config.rules += sub.rules
+            config.files += sub.files
+            config.budget.update({k: v for k, v in sub.budget.items() if v is not None or k == "usd_per_day"})
             current = None
         elif key == "budget":
-            budget.update(parse_budget(value, path, lineno))
+            config.budget.update(parse_budget(value, path, lineno))
         elif key == "outbox":
-            outbox.update(parse_outbox(value, path, lineno))
-        elif key in ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue",
-                     "quit", "throttle", "threshold"):
+            config.outbox.update(parse_outbox(value, path, lineno))
+        elif key in ACTION_KINDS + ("throttle", "threshold"):
             if current is None:
                 raise ConfigError(path, lineno, "%s outside a watchfor block" % key,
                                   "put it under a 'watchfor /regex/' line")
@@ -958,13 +954,12 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 current.actions.append(dataclasses.replace(parse_action(key, value, path, lineno), path=path))
         else:
             raise ConfigError(path, lineno, "unknown keyword or action %r" % key,
-                              "actions are echo, bell, exec, pipe, mail, write, dm, tweet, continue, quit; "
-                              "custom Perl actions are not supported")
+                              "actions are %s; custom Perl actions are not supported" % ", ".join(ACTION_KINDS))
     if not _stack:
-        for i, r in enumerate(rules):
+        for i, r in enumerate(config.rules):
             r.index = i
             check_variables(r)
-    return Config(path, rules, budget, tuple(files), outbox)
+    return config
 
 
 def check_variables(rule: Rule) -> None:
