@@ -51,9 +51,8 @@ X (Twitter):
   --tweet                  with --send: post instead of a direct message
 
 Config grammar (swatch 3):
-  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ (and, or, not) combine;
-                           FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
-  waitfor /REGEX/          same as watchfor
+  watchfor /REGEX/[i]      (or waitfor) start a rule; /a/ && /b/, !/c/ (and, or, not)
+                           combine; FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
   ignore /REGEX/           drop matching lines for the rules below it
   echo [MODES]             print the line (MODES: normal, bold, red, ...)
   bell [N]                 ring the terminal bell N times
@@ -299,11 +298,7 @@ def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str,
     extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
-    if token:
-        oauth.append(("oauth_token", token))
-    if version:
-        oauth.append(("oauth_version", version))
-    oauth += list(extra_oauth)
+    oauth += [(k, v) for k, v in (("oauth_token", token), ("oauth_version", version)) if v] + list(extra_oauth)
     params = request_parameters(url, oauth, form_body)
     base = signature_base_string(method, base_string_uri(url), normalize_parameters(params))
     oauth.append(("oauth_signature", hmac_sha1_signature(base, consumer_secret, token_secret)))
@@ -417,15 +412,14 @@ class Pattern:
             for t in self.terms:
                 m = t.search(line, fields)
                 if (m is not None) != t.negated:
-                    return m if m is not None else NEGATED_MATCH.search("")
+                    return m or NEGATED_MATCH.search("")
             return None
         for t in self.terms:
             m = t.search(line, fields)
             if (m is None) != t.negated:
                 return None
-            if first is None and m is not None:
-                first = m
-        return first if first is not None else NEGATED_MATCH.search("")
+            first = first or m
+        return first or NEGATED_MATCH.search("")
 
 
 NEGATED_MATCH = re.compile("")
@@ -3941,23 +3935,22 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     resp = client.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
-        LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
-                  "and that the app has a callback URL set", resp.status, resp.detail())
-        return EX_CONFIG if resp.status == 401 else EX_FAIL
+        error = CredentialsError if resp.status == 401 else BirdError
+        raise error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
+                    "and that the app has a callback URL set" % (resp.status, resp.detail()))
     url = "%s/oauth/authorize?oauth_token=%s" % (client.api_base, percent_encode(form["oauth_token"]))
     out.write("Open this address, log in as the account that will SEND the alerts, and approve:\n"
               "  %s\nThen type the PIN X shows: " % url)
     out.flush()
     pin = (inp.readline() or "").strip()
     if not re.match(r"^[0-9A-Za-z]{1,32}$", pin):
-        LOG.error("no PIN given")
-        return EX_USAGE
+        raise Usage("no PIN given")
     resp = client.call("POST", "/oauth/access_token", token=(form["oauth_token"], form.get("oauth_token_secret", "")),
                        extra_oauth=(("oauth_verifier", pin),))
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
-        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
-        return EX_FAIL
+        raise BirdError("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again"
+                        % (resp.status, resp.detail()))
     ref = os.stat(os.path.join(opts.twitter_dir, "consumer-key"))
     mode = 0o640 if stat.S_IMODE(ref.st_mode) == 0o640 else 0o600
     for name, value in (("access-token", tok["oauth_token"]), ("access-token-secret", tok["oauth_token_secret"])):
