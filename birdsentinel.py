@@ -226,16 +226,12 @@ def bird_error(name: str, exit_code: int, doc: str) -> Type[BirdError]:
     return type(name, (BirdError,), {"exit_code": exit_code, "__doc__": doc})
 
 
-CredentialsError = bird_error("CredentialsError", EX_CONFIG,
-                              "An X credential file or directory that is missing, unreadable or unsafe.")
-StateError = bird_error("StateError", EX_CANTCREAT,
-                        "A state, outbox, lock, log, pid or token file that cannot be read or made.")
+CredentialsError = bird_error("CredentialsError", EX_CONFIG, "X credentials missing, unreadable or unsafe.")
+StateError = bird_error("StateError", EX_CANTCREAT, "A state, outbox, lock, log or token file we cannot read or make.")
 LockedError = bird_error("LockedError", EX_TEMPFAIL, "Another instance holds the state file's lock.")
-UnsafeFileError = bird_error("UnsafeFileError", EX_CONFIG,
-                             "A file or directory that birdsentinel did not make, or others can change.")
+UnsafeFileError = bird_error("UnsafeFileError", EX_CONFIG, "A file or dir we did not make, or others can change.")
 NoInputError = bird_error("NoInputError", EX_NOINPUT, "An input (file, command, journal) that cannot be read or run.")
-XNetworkError = bird_error("XNetworkError", EX_TEMPFAIL,
-                           "The request never got an HTTP answer (refused, reset, timed out).")
+XNetworkError = bird_error("XNetworkError", EX_TEMPFAIL, "A request that got no HTTP answer (refused, reset, timeout).")
 XRefusedError = bird_error("XRefusedError", EX_TEMPFAIL, "X refused for now (rate limit, trouble, no credits).")
 
 
@@ -544,11 +540,9 @@ def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pat
     reflags = sum({"i": re.I, "x": re.X, "s": re.S, "m": re.M}.get(f, 0) for f in set(flags))
     try:
         return re.compile(py, reflags)
-    except re.error as exc:
-        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc),
-                          "fix the pattern (Python re syntax, close to Perl's)") from None
-    except (OverflowError, RecursionError, ValueError) as exc:
-        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc), "simplify the pattern") from None
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc), "fix the pattern (Python re syntax, close "
+                          "to Perl's)" if isinstance(exc, re.error) else "simplify the pattern") from None
 
 
 def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
@@ -570,8 +564,7 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         if pos >= n or value[pos] not in "/{!|#":
             raise ConfigError(path, lineno, "cannot read pattern %r" % value,
                               "write it as /regex/ (optionally /regex/i, /a/ && /b/)")
-        delim = value[pos]
-        close = "}" if delim == "{" else delim
+        close = "}" if value[pos] == "{" else value[pos]
         i = pos + 1
         while i < n and value[i] != close:
             i += 2 if value[i] == "\\" else 1
@@ -579,10 +572,8 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
             raise ConfigError(path, lineno, "pattern %r has no closing %s" % (value, close),
                               "end the regex with %s" % close)
         src = value[pos + 1:i]
-        j = i + 1
-        while j < n and value[j].isalpha():
-            j += 1
-        flags = value[i + 1:j]
+        flags = "".join(itertools.takewhile(str.isalpha, value[i + 1:]))
+        j = i + 1 + len(flags)
         if set(flags) - set("imsxgo"):
             raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
         terms.append(Term(neg is not None, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
