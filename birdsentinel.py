@@ -1114,10 +1114,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
         if new != value:
             it[1] = [x for x in it[1] if x.startswith("#")] + ["%s %s" % (it[2], new)]
     for _ in range(len(items) + 1):                 # what still does not load is commented out, line by line
-        out, where = [], []
-        for n, it in enumerate(items):
-            out += it[1]
-            where += [n] * len(it[1])
+        out = [x for it in items for x in it[1]]
+        where = [n for n, it in enumerate(items) for _ in it[1]]     # the item of each line of out
         try:
             parse_config(path, "\n".join(out))
             break
@@ -3867,8 +3865,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     return syslog
 
 
-def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-             opener: Optional[Callable[..., Any]] = None) -> int:
+def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any) -> int:
     """Drop-in for the classic one-argument sender: exit 0 only on 201; --dry-run shows the parts, connects nowhere."""
     text = sanitize(opts.send)
     if not text.strip():
@@ -3882,7 +3879,7 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     if opts.dry_run:
         out.write(would_send(entry, {}))
         return EX_OK
-    client = client_from(opts, env, opener=opener)
+    client = client_from(opts, env)
     to_id = to
     if kind == "dm" and not USER_ID_RE.match(to):
         to_id = str(look_up(client, to, "looking up %s" % (to or "the account"))[0]["id"])
@@ -3919,10 +3916,9 @@ def look_up(client: XClient, to: str, doing: str) -> Tuple[Dict[str, Any], XResp
     return user, resp
 
 
-def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any,
-                  opener: Optional[Callable[..., Any]] = None) -> int:
+def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
-    client = client_from(opts, env, False, opener)
+    client = client_from(opts, env, False)
     resp = client.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
@@ -3957,8 +3953,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
-def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-              opener: Optional[Callable[..., Any]] = None) -> int:
+def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any) -> int:
     """The config, then what an admin must fix before the daemon can work, one line each: the classic layout's
     directories, owners and modes, the logs, the credentials; --online: the account and each DM recipient."""
     config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
@@ -4015,14 +4010,12 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
                     read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-    for r in config.rules if not journal else ():
-        if any(t.field for t in r.pattern.terms):
-            out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
-                      "it never matches here\n" % (r.path, r.lineno))
-    for p in problems:
-        out.write("FIX: %s\n" % p)
+    for r in [r for r in config.rules if not journal and any(t.field for t in r.pattern.terms)]:
+        out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
+                  "it never matches here\n" % (r.path, r.lineno))
+    out.write("".join("FIX: %s\n" % p for p in problems))
     if opts.online:
-        client = client_from(opts, env, opener=opener)
+        client = client_from(opts, env)
         me, resp = look_up(client, "", "asking X who the token belongs to")
         sender = "@" + sanitize(str(me.get("username")))
         level = resp.headers.get("x-access-level", "")
