@@ -3787,8 +3787,7 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    for a in argv:
-        flag = a.split("=", 1)[0]
+    for flag in (a.split("=", 1)[0] for a in argv):
         if flag in UNSUPPORTED_FLAGS:
             raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
     p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
