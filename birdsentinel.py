@@ -822,10 +822,9 @@ def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
     _bare, opts = split_commas(value, "threshold", ("track_by", "type", "count", "seconds"), path, lineno)
     t = opts.get("type", "")
     if t not in THRESHOLD_TYPES:
-        hint = "types are limit, threshold and both (lower case)"
-        if t.lower() in THRESHOLD_TYPES:
-            hint = "write type=%s: swatch ignores %r silently and never alerts" % (t.lower(), t)
-        raise ConfigError(path, lineno, "unknown threshold type %r" % t, hint)
+        raise ConfigError(path, lineno, "unknown threshold type %r" % t, "write type=%s: swatch ignores %r silently "
+                          "and never alerts" % (t.lower(), t) if t.lower() in THRESHOLD_TYPES
+                          else "types are limit, threshold and both (lower case)")
     for k in ("count", "seconds"):
         if k not in opts:
             raise ConfigError(path, lineno, "threshold needs %s=" % k, "e.g. threshold type=limit,count=1,seconds=60")
@@ -846,9 +845,8 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
         raise ConfigError(path, lineno, "bad throttle delay %r" % delay_text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
     nums = [int(x) for x in delay_text.strip().split(":")]
     days, hours, minutes, seconds = [0] * (4 - len(nums)) + nums
-    key = opts.get("key")
     return Throttle(float(((days * 24 + hours) * 60 + minutes) * 60 + seconds),
-                    None if key in (None, "log") else Template.parse(key),
+                    None if opts.get("key") in (None, "log") else Template.parse(opts["key"]),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
