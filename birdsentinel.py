@@ -3801,7 +3801,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
     for flag in IGNORED_FLAGS:
-        p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
+        p.add_argument(flag, nargs="?", const=True, dest=flag)     # its own name: main warns that it does nothing
     opts = p.parse_args(list(argv))
     opts.journal = opts.journal or bool(opts.journal_dir)
     if len([m for m in (opts.examine, opts.read_pipe, opts.tail_file, opts.journal, opts.omprog) if m]) > 1:
@@ -4071,9 +4071,8 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
             out.write(__doc__ if opts.help else "birdsentinel %s\n" % __version__)
             return EX_OK
         setup_logging(opts)
-        for flag in IGNORED_FLAGS:
-            if getattr(opts, "ignored_" + flag.strip("-").replace("-", "_"), None) is not None:
-                LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
+        for flag in [f for f in IGNORED_FLAGS if getattr(opts, f) is not None]:
+            LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
         if opts.authorize:
             return cmd_authorize(opts, env, out, inp)
         if opts.send is not None:
