@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """birdsentinel -- real-time log alerts over Twitter/X direct messages.
 
-A swatch-compatible log watcher in one file, Python 3.9+ standard library only.
-It follows log files, the systemd journal or rsyslog, matches swatch-style
-rules, throttles, runs actions without a shell, and delivers alerts as X direct
-messages or posts (X API v2, OAuth 1.0a).
+A swatch-compatible log watcher in one file (Python 3.9+, standard library only):
+it follows log files, the systemd journal or rsyslog, matches swatch-style rules,
+throttles, runs actions without a shell, and delivers alerts as X direct messages
+or posts (X API v2, OAuth 1.0a).
 
 Command line usage:
     birdsentinel.py [-c CONFIG] [-t FILE... | --journal | --omprog] [options]
@@ -16,9 +16,8 @@ Command line usage:
 
 Input (swatch's flags):
   -c, --config-file FILE   rules (default ~/.swatchdogrc)
-  -t, --tail-file FILE     follow FILE; repeat for several files.  With no
-                           source given: /var/log/messages, else
-                           /var/log/syslog, else the systemd journal
+  -t, --tail-file FILE     follow FILE (repeatable).  With no source given:
+                           /var/log/messages, else /var/log/syslog, else the journal
   -f, --examine FILE       read FILE once from the start, then exit
   -p, --read-pipe "CMD"    read the output of CMD (run as argv, no shell)
   --journal                follow the systemd journal, resuming at its cursor
@@ -27,8 +26,7 @@ Input (swatch's flags):
   --omprog                 read rsyslog omprog's stdin, answer OK when durable
   --daemon                 detach; log to syslog (or --log-file)
   --pid-file FILE          write the daemon's pid to FILE
-  --script-dir DIR         where state, outbox and dead-letter files live
-                           (default ~/.local/state/birdsentinel)
+  --script-dir DIR         state, outbox, dead letters (~/.local/state/birdsentinel)
 Our own:
   --once                   read what is new since the last run, act, save, exit
   --state-file FILE        state file (default SCRIPTDIR/birdsentinel.state)
@@ -53,19 +51,17 @@ X (Twitter):
   --tweet                  with --send: post instead of a direct message
 
 Config grammar (swatch 3):
-  watchfor /REGEX/[i]      start a rule; /a/ && /b/ and !/c/ (and, or, not) combine;
-                           FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
-  waitfor /REGEX/          same as watchfor
+  watchfor /REGEX/[i]      (or waitfor) start a rule; /a/ && /b/, !/c/ (and, or, not)
+                           combine; FIELD=~/RE/ tests a journal field (_SYSTEMD_UNIT)
   ignore /REGEX/           drop matching lines for the rules below it
   echo [MODES]             print the line (MODES: normal, bold, red, ...)
   bell [N]                 ring the terminal bell N times
-  exec CMD ARGS            run a program: the command is split once like a
-                           shell would, then $_ $0 (the line), $1..$9, ${name}
-                           (groups; journal fields: ${_HOSTNAME}) go INSIDE
-                           single arguments.  No shell ever runs; for one:
-                           exec sh -c 'logger "$1"' sh $_
-                           The line's control characters and escapes are
-                           removed (tab kept); ",raw=1" keeps them.
+  exec CMD ARGS            run a program: the command is split once like a shell
+                           would, then $_ $0 (the line), $1..$9, ${name} (groups;
+                           journal fields: ${_HOSTNAME}) go INSIDE single arguments.
+                           No shell ever runs; for one: exec sh -c 'logger "$1"' sh $_
+                           The line's control characters and escapes are removed
+                           (tab kept); ",raw=1" keeps them.
   pipe CMD[,keep_open=1]   write the line to CMD's standard input (a kept
                            one that reads nothing for 5 s is restarted)
   mail [addresses=A:B][,subject=S]   send through sendmail -oi -t
@@ -96,10 +92,9 @@ Signals:
   SIGHUP                   reload the config (a bad one is refused), retry X
 
 Exit status:
-  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input
-  missing or unreadable; 70 internal error; 73 cannot create a file; 75
-  temporary failure (another instance running, X unreachable); 78 configuration
-  or credential error.
+  0 success; 1 an action failed (--once, --send); 64 usage error; 66 input missing
+  or unreadable; 70 internal error; 73 cannot create a file; 75 temporary failure
+  (another instance running, X unreachable); 78 configuration or credential error.
 """
 
 from __future__ import annotations
@@ -137,7 +132,7 @@ import zlib
 # functions that use them: OpenSSL, the HTTP stack and the syslog handler cost about 9 MB of memory that a watcher
 # without X actions, and every --examine run, never needs.
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type
 
 __version__ = "0.1.0"
 
@@ -226,30 +221,18 @@ class ConfigError(BirdError):
         super().__init__('"%s", line %d: %s' % (path, lineno, what) + (" \u2014 " + hint if hint else ""))
 
 
-class CredentialsError(BirdError):
-    exit_code = EX_CONFIG
+def bird_error(name: str, exit_code: int, doc: str) -> Type[BirdError]:
+    """A BirdError that differs from the others only in its name and exit status."""
+    return type(name, (BirdError,), {"exit_code": exit_code, "__doc__": doc})
 
 
-class StateError(BirdError):
-    exit_code = EX_CANTCREAT
-
-
-class LockedError(BirdError):
-    exit_code = EX_TEMPFAIL
-
-
-class UnsafeFileError(BirdError):
-    """A file or directory that birdsentinel did not make, or others can change."""
-    exit_code = EX_CONFIG
-
-
-class NoInputError(BirdError):
-    exit_code = EX_NOINPUT
-
-
-class XNetworkError(BirdError):
-    """The request never got an HTTP answer (refused, reset, timed out)."""
-    exit_code = EX_TEMPFAIL
+CredentialsError = bird_error("CredentialsError", EX_CONFIG, "X credentials missing, unreadable or unsafe.")
+StateError = bird_error("StateError", EX_CANTCREAT, "A state, outbox, lock, log or token file we cannot read or make.")
+LockedError = bird_error("LockedError", EX_TEMPFAIL, "Another instance holds the state file's lock.")
+UnsafeFileError = bird_error("UnsafeFileError", EX_CONFIG, "A file or dir we did not make, or others can change.")
+NoInputError = bird_error("NoInputError", EX_NOINPUT, "An input (file, command, journal) that cannot be read or run.")
+XNetworkError = bird_error("XNetworkError", EX_TEMPFAIL, "A request that got no HTTP answer (refused, reset, timeout).")
+XRefusedError = bird_error("XRefusedError", EX_TEMPFAIL, "X refused for now (rate limit, trouble, no credits).")
 
 
 # ==== OAuth 1.0a (RFC 5849) ==================================================
@@ -304,26 +287,18 @@ def hmac_sha1_signature(base_string: str, client_secret: str, token_secret: str 
     return base64.b64encode(digest).decode("ascii")
 
 
-def authorization_header(oauth_params: Sequence[Tuple[str, str]]) -> str:
-    """RFC 5849 section 3.5.1: 'OAuth ' + name="value" pairs, encoded."""
-    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in oauth_params)
-
-
 def sign_request(method: str, url: str, consumer_key: str, consumer_secret: str, token: str = "",
                  token_secret: str = "", *, nonce: str, timestamp: str, form_body: Optional[str] = None,
                  extra_oauth: Sequence[Tuple[str, str]] = (), version: Optional[str] = "1.0") -> str:
-    """The Authorization header of one request (HMAC-SHA1); extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
+    """The Authorization header (sec. 3.5.1: 'OAuth ' + name="value" pairs, encoded) of one request, HMAC-SHA1 signed;
+    extra_oauth: oauth_callback or oauth_verifier (sec. 2)."""
     oauth = [("oauth_consumer_key", consumer_key), ("oauth_nonce", nonce),
              ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", timestamp)]
-    if token:
-        oauth.append(("oauth_token", token))
-    if version:
-        oauth.append(("oauth_version", version))
-    oauth += list(extra_oauth)
+    oauth += [(k, v) for k, v in (("oauth_token", token), ("oauth_version", version)) if v] + list(extra_oauth)
     params = request_parameters(url, oauth, form_body)
     base = signature_base_string(method, base_string_uri(url), normalize_parameters(params))
     oauth.append(("oauth_signature", hmac_sha1_signature(base, consumer_secret, token_secret)))
-    return authorization_header(sorted(oauth))
+    return "OAuth " + ", ".join('%s="%s"' % (percent_encode(k), percent_encode(v)) for k, v in sorted(oauth))
 
 
 def new_nonce() -> str:
@@ -342,6 +317,7 @@ POSIX_CLASSES = types.MappingProxyType({
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e"})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
+ACTION_KINDS = ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue", "quit")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
 SYSLOG_TAG_RE = re.compile(r"(?:<\d{1,3}>)?(?:\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) (\S+) (\S+)")
@@ -432,15 +408,14 @@ class Pattern:
             for t in self.terms:
                 m = t.search(line, fields)
                 if (m is not None) != t.negated:
-                    return m if m is not None else NEGATED_MATCH.search("")
+                    return m or NEGATED_MATCH.search("")
             return None
         for t in self.terms:
             m = t.search(line, fields)
             if (m is None) != t.negated:
                 return None
-            if first is None and m is not None:
-                first = m
-        return first if first is not None else NEGATED_MATCH.search("")
+            first = first or m
+        return first or NEGATED_MATCH.search("")
 
 
 NEGATED_MATCH = re.compile("")
@@ -472,7 +447,7 @@ class When:
 
 @dataclass(frozen=True)
 class Action:
-    kind: str                               # echo bell exec pipe mail write dm tweet continue quit
+    kind: str                               # one of ACTION_KINDS
     lineno: int
     argv: Tuple[Template, ...] = ()         # exec, pipe, mailer
     modes: Tuple[str, ...] = ()             # echo
@@ -531,7 +506,7 @@ class Config:
 
 
 def read_logical_lines(text: str) -> Iterator[Tuple[int, int, str]]:
-    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first, last line number, text)."""
+    """Config lines, CRLF, comments, blank lines and backslash continuations handled: (first, last lineno, text)."""
     pending: List[str] = []
     start, lines = 0, text.split("\n")             # not splitlines(): \f or U+2028 end no line
     for n, raw in enumerate(lines, 1):
@@ -565,11 +540,9 @@ def perl_regex_to_python(src: str, flags: str, path: str, lineno: int) -> re.Pat
     reflags = sum({"i": re.I, "x": re.X, "s": re.S, "m": re.M}.get(f, 0) for f in set(flags))
     try:
         return re.compile(py, reflags)
-    except re.error as exc:
-        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc),
-                          "fix the pattern (Python re syntax, close to Perl's)") from None
-    except (OverflowError, RecursionError, ValueError) as exc:
-        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc), "simplify the pattern") from None
+    except (re.error, OverflowError, RecursionError, ValueError) as exc:
+        raise ConfigError(path, lineno, "bad regex /%s/: %s" % (src, exc), "fix the pattern (Python re syntax, close "
+                          "to Perl's)" if isinstance(exc, re.error) else "simplify the pattern") from None
 
 
 def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
@@ -580,7 +553,6 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
     while True:
         pos = n - len(value[pos:].lstrip())
         neg = re.match(r"!|not\b", value[pos:])      # swatch hands the expression to Perl: and, or, not work
-        negated = neg is not None
         if neg:
             seen.add(neg.group())
             pos = n - len(value[pos + neg.end():].lstrip())
@@ -592,8 +564,7 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
         if pos >= n or value[pos] not in "/{!|#":
             raise ConfigError(path, lineno, "cannot read pattern %r" % value,
                               "write it as /regex/ (optionally /regex/i, /a/ && /b/)")
-        delim = value[pos]
-        close = "}" if delim == "{" else delim
+        close = "}" if value[pos] == "{" else value[pos]
         i = pos + 1
         while i < n and value[i] != close:
             i += 2 if value[i] == "\\" else 1
@@ -601,13 +572,11 @@ def parse_pattern(value: str, path: str, lineno: int) -> Pattern:
             raise ConfigError(path, lineno, "pattern %r has no closing %s" % (value, close),
                               "end the regex with %s" % close)
         src = value[pos + 1:i]
-        j = i + 1
-        while j < n and value[j].isalpha():
-            j += 1
-        flags = value[i + 1:j]
+        flags = "".join(itertools.takewhile(str.isalpha, value[i + 1:]))
+        j = i + 1 + len(flags)
         if set(flags) - set("imsxgo"):
             raise ConfigError(path, lineno, "unknown regex flags %r" % flags, "use i, m, s or x")
-        terms.append(Term(negated, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
+        terms.append(Term(neg is not None, perl_regex_to_python(src, flags, path, lineno), value[pos:j],
                           field.group(1) if field else ""))
         pos = n - len(value[j:].lstrip())
         if pos >= n or value[pos] == "#":
@@ -748,26 +717,24 @@ def parse_command(value: str, path: str, lineno: int, what: str) -> Tuple[Templa
         words = split_words(value.replace("\\@", "@"))
     except ValueError as exc:
         raise ConfigError(path, lineno, "cannot split %s command: %s" % (what, exc), "balance the quotes") from None
-    templates, head = [], ["".join(t for t, _ in w) for w in words[:2]]
-    quoted = [m.group(0) for w in words for text, literal in w if literal for m in TEMPLATE_VAR_RE.finditer(text)
-              if (m.group(2) or m.group(1) or "x") in "_*0123456789"]
+    head = ["".join(t for t, _ in w) for w in words[:2]]
+    found = [(literal, m) for w in words for text, literal in w for m in TEMPLATE_VAR_RE.finditer(text)]
+    quoted = [m.group(0) for literal, m in found if literal and (m.group(2) or m.group(1) or "x") in "_*0123456789"]
     if quoted and not (os.path.basename(head[0]) in ("sh", "bash", "dash") and head[1:] == ["-c"]):
         LOG.warning('"%s", line %d: %s inside single quotes is passed as the text %s, where swatch put the line or '
                     "group; take it out of the quotes ('text '%s) or run --convert-config", path, lineno, quoted[0],
                     quoted[0], quoted[0])
-    for w in words:
-        for text, literal in w:
-            for m in TEMPLATE_VAR_RE.finditer(text):
-                if m.group(3) is not None and not literal:
-                    raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (m.group(3), what),
-                                      "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
-                                      "the rest (inside '...' nothing is substituted)")
-        templates.append(Template.from_segments(w))
+    unknown = [m.group(3) for literal, m in found if m.group(3) is not None and not literal]
+    if unknown:
+        raise ConfigError(path, lineno, "unknown variable $%s in %s command" % (unknown[0], what),
+                          "only $_, $0, $1..$9 and ${name} are substituted; no shell expands "
+                          "the rest (inside '...' nothing is substituted)")
+    templates = tuple(Template.from_segments(w) for w in words)
     if templates[0].variables():
         raise ConfigError(path, lineno, "the program of %s comes from the log line: %s"
                           % (what, "".join(t for t, _ in words[0])),
                           "name a fixed program and pass the line as an argument")
-    return tuple(templates)
+    return templates
 
 
 def parse_when(value: str, path: str, lineno: int) -> When:
@@ -855,10 +822,9 @@ def parse_threshold(value: str, path: str, lineno: int) -> Threshold:
     _bare, opts = split_commas(value, "threshold", ("track_by", "type", "count", "seconds"), path, lineno)
     t = opts.get("type", "")
     if t not in THRESHOLD_TYPES:
-        hint = "types are limit, threshold and both (lower case)"
-        if t.lower() in THRESHOLD_TYPES:
-            hint = "write type=%s: swatch ignores %r silently and never alerts" % (t.lower(), t)
-        raise ConfigError(path, lineno, "unknown threshold type %r" % t, hint)
+        raise ConfigError(path, lineno, "unknown threshold type %r" % t, "write type=%s: swatch ignores %r silently "
+                          "and never alerts" % (t.lower(), t) if t.lower() in THRESHOLD_TYPES
+                          else "types are limit, threshold and both (lower case)")
     for k in ("count", "seconds"):
         if k not in opts:
             raise ConfigError(path, lineno, "threshold needs %s=" % k, "e.g. threshold type=limit,count=1,seconds=60")
@@ -879,9 +845,8 @@ def parse_throttle(value: str, path: str, lineno: int) -> Throttle:
         raise ConfigError(path, lineno, "bad throttle delay %r" % delay_text, "write [H:]M:S, e.g. 15:00 or 0:0:5")
     nums = [int(x) for x in delay_text.strip().split(":")]
     days, hours, minutes, seconds = [0] * (4 - len(nums)) + nums
-    key = opts.get("key")
     return Throttle(float(((days * 24 + hours) * 60 + minutes) * 60 + seconds),
-                    None if key in (None, "log") else Template.parse(key),
+                    None if opts.get("key") in (None, "log") else Template.parse(opts["key"]),
                     parse_int(opts.get("threshold", "0"), "threshold", path, lineno, 0))
 
 
@@ -917,18 +882,14 @@ def parse_outbox(value: str, path: str, lineno: int) -> Dict[str, int]:
 def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] = ()) -> Config:
     if text is None:
         text = read_config_text(path, _stack[-1] if _stack else "", 0)
-    rules: List[Rule] = []
-    budget = dict(DEFAULT_BUDGET)
-    outbox = {"max_entries": OUTBOX_ENTRIES, "max_bytes": OUTBOX_BYTES}
-    files = [path]
+    config = Config(path, [], dict(DEFAULT_BUDGET), (path,))
     current: Optional[Rule] = None
     for lineno, _last, line in read_logical_lines(text):
         m = KEYWORD_RE.match(line)
         if not m:
-            hint = "rules start with watchfor /regex/"
-            if line.startswith("/"):
-                hint = "this is the pre-3.0 tab format; write 'watchfor /regex/' then one action per line"
-            raise ConfigError(path, lineno, "cannot read %r" % line[:60], hint)
+            raise ConfigError(path, lineno, "cannot read %r" % line[:60], "this is the pre-3.0 tab format; write "
+                              "'watchfor /regex/' then one action per line" if line.startswith("/")
+                              else "rules start with watchfor /regex/")
         key, value = m.group(1).lower(), m.group(2).strip()
         if "@@" in value:
             raise ConfigError(path, lineno, "unfilled template placeholder in %r" % value,
@@ -941,22 +902,21 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 raise ConfigError(path, lineno, "%s needs a pattern" % key, "e.g. %s /regex/" % key)
             current = Rule("ignore" if key == "ignore" else "watchfor",
                            parse_pattern(value, path, lineno), path, lineno)
-            rules.append(current)
+            config.rules.append(current)
         elif key == "include":
             inc = os.path.join(os.path.dirname(path), unquote_value(value))
             if os.path.abspath(inc) in [os.path.abspath(p) for p in _stack + (path,)]:
                 raise ConfigError(path, lineno, "include loop through %s" % inc, "remove the circular include")
             sub = parse_config(inc, read_config_text(inc, path, lineno), _stack + (path,))
-            rules.extend(sub.rules)
-            files.extend(sub.files)
-            budget.update({k: v for k, v in sub.budget.items() if v is not None or k == "usd_per_day"})
+            config.rules += sub.rules
+            config.files += sub.files
+            config.budget.update({k: v for k, v in sub.budget.items() if v is not None or k == "usd_per_day"})
             current = None
         elif key == "budget":
-            budget.update(parse_budget(value, path, lineno))
+            config.budget.update(parse_budget(value, path, lineno))
         elif key == "outbox":
-            outbox.update(parse_outbox(value, path, lineno))
-        elif key in ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue",
-                     "quit", "throttle", "threshold"):
+            config.outbox.update(parse_outbox(value, path, lineno))
+        elif key in ACTION_KINDS + ("throttle", "threshold"):
             if current is None:
                 raise ConfigError(path, lineno, "%s outside a watchfor block" % key,
                                   "put it under a 'watchfor /regex/' line")
@@ -977,13 +937,12 @@ def parse_config(path: str, text: Optional[str] = None, _stack: Tuple[str, ...] 
                 current.actions.append(dataclasses.replace(parse_action(key, value, path, lineno), path=path))
         else:
             raise ConfigError(path, lineno, "unknown keyword or action %r" % key,
-                              "actions are echo, bell, exec, pipe, mail, write, dm, tweet, continue, quit; "
-                              "custom Perl actions are not supported")
+                              "actions are %s; custom Perl actions are not supported" % ", ".join(ACTION_KINDS))
     if not _stack:
-        for i, r in enumerate(rules):
+        for i, r in enumerate(config.rules):
             r.index = i
             check_variables(r)
-    return Config(path, rules, budget, tuple(files), outbox)
+    return config
 
 
 def check_variables(rule: Rule) -> None:
@@ -991,12 +950,9 @@ def check_variables(rule: Rule) -> None:
     positives = [t.regex for t in rule.pattern.terms if not t.negated]
     groups = max((rx.groups for rx in positives), default=0)
     names = set().union(*(rx.groupindex for rx in positives)) if positives else set()
-    templates: List[Tuple[int, Template]] = [(a.lineno, t) for a in rule.actions
-                                             for t in (*a.argv, a.message, a.subject) if t is not None]
-    if rule.threshold is not None:
-        templates.append((rule.lineno, rule.threshold.track_by))
-    if rule.throttle is not None and rule.throttle.key is not None:
-        templates.append((rule.lineno, rule.throttle.key))
+    templates = [(a.lineno, t) for a in rule.actions for t in (*a.argv, a.message, a.subject) if t is not None]
+    templates += [(rule.lineno, t) for t in (rule.threshold and rule.threshold.track_by,
+                                             rule.throttle and rule.throttle.key) if t is not None]
     for lineno, t in templates:
         for name in t.variables():
             if name.isdigit() and name != "0" and int(name) > groups:
@@ -1156,10 +1112,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
         if new != value:
             it[1] = [x for x in it[1] if x.startswith("#")] + ["%s %s" % (it[2], new)]
     for _ in range(len(items) + 1):                 # what still does not load is commented out, line by line
-        out, where = [], []
-        for n, it in enumerate(items):
-            out += it[1]
-            where += [n] * len(it[1])
+        out = [x for it in items for x in it[1]]
+        where = [n for n, it in enumerate(items) for _ in it[1]]     # the item of each line of out
         try:
             parse_config(path, "\n".join(out))
             break
@@ -3712,10 +3666,7 @@ UNSUPPORTED_FLAGS = types.MappingProxyType({
     "--input-record-separator": "lines end at newlines"})
 IGNORED_FLAGS = ("--use-cpan-file-tail", "--tail-program-name", "--tail-args", "--restart-time",
                  "-r", "--debug", "--noawk-field-syntax")
-
-
-class Usage(BirdError):
-    exit_code = EX_USAGE
+Usage = bird_error("Usage", EX_USAGE, "A command line that cannot be run as given.")
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -3724,8 +3675,7 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    for a in argv:
-        flag = a.split("=", 1)[0]
+    for flag in (a.split("=", 1)[0] for a in argv):
         if flag in UNSUPPORTED_FLAGS:
             raise Usage("%s is not supported: %s" % (flag, UNSUPPORTED_FLAGS[flag]))
     p = ArgParser(prog="birdsentinel", add_help=False, allow_abbrev=False)
@@ -3741,7 +3691,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--twitter-dir", default=DEFAULT_TWITTER_DIR)
     for flag in IGNORED_FLAGS:
-        p.add_argument(flag, nargs="?", const=True, dest="ignored_" + flag.strip("-").replace("-", "_"))
+        p.add_argument(flag, nargs="?", const=True, dest=flag)     # its own name: main warns that it does nothing
     opts = p.parse_args(list(argv))
     opts.journal = opts.journal or bool(opts.journal_dir)
     if len([m for m in (opts.examine, opts.read_pipe, opts.tail_file, opts.journal, opts.omprog) if m]) > 1:
@@ -3802,8 +3752,7 @@ def setup_logging(opts: argparse.Namespace, script_dir: str = "", daemon: bool =
     return syslog
 
 
-def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-             opener: Optional[Callable[..., Any]] = None) -> int:
+def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any) -> int:
     """Drop-in for the classic one-argument sender: exit 0 only on 201; --dry-run shows the parts, connects nowhere."""
     text = sanitize(opts.send)
     if not text.strip():
@@ -3817,68 +3766,65 @@ def cmd_send(opts: argparse.Namespace, env: Dict[str, str], out: Any,
     if opts.dry_run:
         out.write(would_send(entry, {}))
         return EX_OK
-    client = client_from(opts, env, opener=opener)
+    client = client_from(opts, env)
     to_id = to
     if kind == "dm" and not USER_ID_RE.match(to):
-        resp = client.user(to)
-        code = report_failure(resp, "looking up %s" % (to or "the account"))
-        if code:
-            return code
-        user, why = read_user(resp, to or "(the account)")
-        if user is None:
-            LOG.error("%s", why)
-            return EX_FAIL
-        to_id = str(user["id"])
+        to_id = str(look_up(client, to, "looking up %s" % (to or "the account"))[0]["id"])
     for part in entry_parts(entry):
         resp = client.send_dm(to_id, part) if kind == "dm" else client.post_tweet(part)
         if kind == "dm" and resp.status == 403:
             LOG.error("%s", dm_hint(to or "the account", "the sending account"))
-        code = report_failure(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
-        if code:
-            return code
+        check_answer(resp, "sending the %s" % ("post" if kind == "tweet" else "DM"))
     out.write("sent\n")
     return EX_OK
 
 
-def report_failure(resp: XResponse, doing: str) -> int:
+def check_answer(resp: XResponse, doing: str) -> None:
+    """Raise the error (exit status) of --send and --check when X did not accept what we were doing."""
     cls = classify(resp)
-    if cls == "ok":
-        return EX_OK
     if cls == "auth":
-        LOG.error("X rejected the credentials (401: %s) while %s; run --authorize", resp.detail(), doing)
-        return EX_CONFIG
+        raise CredentialsError("X rejected the credentials (401: %s) while %s; run --authorize"
+                               % (resp.detail(), doing))
     if cls == "credit":
-        LOG.error("X refused for lack of credits or access (%d: %s) while %s: add credits (or raise the "
-                  "spend limit) in the X developer console", resp.status, resp.detail(), doing)
-        return EX_TEMPFAIL
-    LOG.error("X answered %d while %s: %s", resp.status, doing, resp.detail())
-    return EX_TEMPFAIL if cls in ("rate", "retry") else EX_FAIL
+        raise XRefusedError("X refused for lack of credits or access (%d: %s) while %s: add credits (or raise the "
+                            "spend limit) in the X developer console" % (resp.status, resp.detail(), doing))
+    if cls != "ok":
+        error = XRefusedError if cls in ("rate", "retry") else BirdError
+        raise error("X answered %d while %s: %s" % (resp.status, doing, resp.detail()))
 
 
-def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any,
-                  opener: Optional[Callable[..., Any]] = None) -> int:
+def look_up(client: XClient, to: str, doing: str) -> Tuple[Dict[str, Any], XResponse]:
+    """X's user object of @handle or id `to` ('': the account itself), and the answer; else raise, as check_answer."""
+    resp = client.user(to)
+    check_answer(resp, doing)
+    user, why = read_user(resp, to or "(the account)")
+    if user is None:
+        raise BirdError(why)
+    return user, resp
+
+
+def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: Any) -> int:
     """PIN ("oob") flow: request token, user approves, access token."""
-    client = client_from(opts, env, False, opener)
+    client = client_from(opts, env, False)
     resp = client.call("POST", "/oauth/request_token", token=("", ""), extra_oauth=(("oauth_callback", "oob"),))
     form = resp.form()
     if resp.status != 200 or form.get("oauth_callback_confirmed") != "true" or "oauth_token" not in form:
-        LOG.error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
-                  "and that the app has a callback URL set", resp.status, resp.detail())
-        return EX_CONFIG if resp.status == 401 else EX_FAIL
+        error = CredentialsError if resp.status == 401 else BirdError
+        raise error("X refused the request token (HTTP %d: %s); check the consumer key and secret, "
+                    "and that the app has a callback URL set" % (resp.status, resp.detail()))
     url = "%s/oauth/authorize?oauth_token=%s" % (client.api_base, percent_encode(form["oauth_token"]))
     out.write("Open this address, log in as the account that will SEND the alerts, and approve:\n"
               "  %s\nThen type the PIN X shows: " % url)
     out.flush()
     pin = (inp.readline() or "").strip()
     if not re.match(r"^[0-9A-Za-z]{1,32}$", pin):
-        LOG.error("no PIN given")
-        return EX_USAGE
+        raise Usage("no PIN given")
     resp = client.call("POST", "/oauth/access_token", token=(form["oauth_token"], form.get("oauth_token_secret", "")),
                        extra_oauth=(("oauth_verifier", pin),))
     tok = resp.form()
     if resp.status != 200 or "oauth_token" not in tok or "oauth_token_secret" not in tok:
-        LOG.error("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again", resp.status, resp.detail())
-        return EX_FAIL
+        raise BirdError("X refused the PIN (HTTP %d: %s); PINs work once: run --authorize again"
+                        % (resp.status, resp.detail()))
     ref = os.stat(os.path.join(opts.twitter_dir, "consumer-key"))
     mode = 0o640 if stat.S_IMODE(ref.st_mode) == 0o640 else 0o600
     for name, value in (("access-token", tok["oauth_token"]), ("access-token-secret", tok["oauth_token_secret"])):
@@ -3894,8 +3840,7 @@ def cmd_authorize(opts: argparse.Namespace, env: Dict[str, str], out: Any, inp: 
     return EX_OK
 
 
-def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
-              opener: Optional[Callable[..., Any]] = None) -> int:
+def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any) -> int:
     """The config, then what an admin must fix before the daemon can work, one line each: the classic layout's
     directories, owners and modes, the logs, the credentials; --online: the account and each DM recipient."""
     config_path = opts.config_file or default_config_path(os.path.expanduser("~"))
@@ -3952,22 +3897,13 @@ def cmd_check(opts: argparse.Namespace, env: Dict[str, str], out: Any,
                     read_secret(os.path.join(directory, name), checked)
                 except CredentialsError as exc:
                     problems.append(str(exc))
-    for r in config.rules if not journal else ():
-        if any(t.field for t in r.pattern.terms):
-            out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
-                      "it never matches here\n" % (r.path, r.lineno))
-    for p in problems:
-        out.write("FIX: %s\n" % p)
+    for r in [r for r in config.rules if not journal and any(t.field for t in r.pattern.terms)]:
+        out.write("WARNING: the rule at %s line %d tests journal fields, which only --journal entries have: "
+                  "it never matches here\n" % (r.path, r.lineno))
+    out.write("".join("FIX: %s\n" % p for p in problems))
     if opts.online:
-        client = client_from(opts, env, opener=opener)
-        resp = client.user("")
-        code = report_failure(resp, "asking X who the token belongs to")
-        if code:
-            return code
-        me, why = read_user(resp, "(the account)")
-        if me is None:
-            LOG.error("%s", why)
-            return EX_FAIL
+        client = client_from(opts, env)
+        me, resp = look_up(client, "", "asking X who the token belongs to")
         sender = "@" + sanitize(str(me.get("username")))
         level = resp.headers.get("x-access-level", "")
         out.write("X account %s (id %s), access level %s\n" % (sender, me["id"], sanitize(level) or "not reported"))
@@ -4025,9 +3961,8 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
             out.write(__doc__ if opts.help else "birdsentinel %s\n" % __version__)
             return EX_OK
         setup_logging(opts)
-        for flag in IGNORED_FLAGS:
-            if getattr(opts, "ignored_" + flag.strip("-").replace("-", "_"), None) is not None:
-                LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
+        for flag in [f for f in IGNORED_FLAGS if getattr(opts, f) is not None]:
+            LOG.warning("%s is accepted for swatch compatibility and has no effect", flag)
         if opts.authorize:
             return cmd_authorize(opts, env, out, inp)
         if opts.send is not None:
