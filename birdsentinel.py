@@ -317,6 +317,7 @@ POSIX_CLASSES = types.MappingProxyType({
     "print": r"\x20-\x7e", "graph": r"\x21-\x7e"})
 ACTION_OPTION_KEYS = ("when", "message", "keep_open", "mailer", "subject", "addresses", "defang", "raw")
 THRESHOLD_TYPES = ("limit", "threshold", "both")
+OFF = ("0", "", "no", "off", "false")           # an option's value that turns it off (keep_open=off was on)
 ACTION_KINDS = ("echo", "bell", "exec", "pipe", "mail", "write", "dm", "tweet", "continue", "quit")
 SYSLOG_STAMP_RE = re.compile(r"^\w{3}\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+")
 # the tag of a syslog line as rsyslog writes it: after the time and the host
@@ -781,8 +782,8 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
     message = Template.parse(unquote_value(opts["message"]).replace("\\n", "\n")) if "message" in opts else None
     if key in ("exec", "pipe"):
         return Action(key, lineno, argv=parse_command(rest, path, lineno, key), when=when, message=message,
-                      keep_open=opts.get("keep_open", "0") not in ("0", "", "no"),
-                      raw=opts.get("raw", "0") not in ("0", "", "no"))
+                      keep_open=opts.get("keep_open", "0").lower() not in OFF,
+                      raw=opts.get("raw", "0").lower() not in OFF)
     if key == "echo":
         modes = tuple(m.lower() for m in re.split(r"[\s,]+", rest) if m)
         bad = [m for m in modes if m not in ECHO_MODES]
@@ -814,7 +815,7 @@ def parse_action(key: str, value: str, path: str, lineno: int) -> Action:
             raise ConfigError(path, lineno, "unexpected %r after tweet" % rest,
                               "tweet takes options only, e.g. tweet,defang=no")
         return Action("tweet", lineno, when=when, message=message,
-                      defang=opts.get("defang", "yes").lower() not in ("no", "0", "off", "false"))
+                      defang=opts.get("defang", "yes").lower() not in OFF)
     raise AssertionError(key)
 
 
@@ -1018,6 +1019,9 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
         bool(bare & set("*?["))
     if out and isinstance(out[0][1], tuple):
         return note("the program would come from the log line")
+    if occ and re.search(r"(?:^|[\s;&|(`])(?:eval|ssh|su|(?:ba|da|k|z)?sh\s+-c)\s", "".join(chars)):
+        return note("the command hands text to another shell (eval, sh -c, ssh, su), where the line would be code: "
+                    "rewrite it by hand")
     said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and ctx != '"')
     for where, x in dict.fromkeys(said):
         note("%s inside '...' moved out of the quotes: the line or group goes there, as in swatch" % x[1] if where

@@ -102,7 +102,9 @@ def test_a_literal_perl_variable_is_written_in():
 
 
 @pytest.mark.parametrize("value,why", [("$script $1", "Perl variable $script"),
-                                       ("$1 --flag", "program would come from the log line")])
+                                       ("$1 --flag", "program would come from the log line"),
+                                       ("eval echo $0", "another shell"), ("ssh backup logger $1", "another shell"),
+                                       ("echo x | sh -c \"logger $0\"", "another shell")])
 def test_commands_that_cannot_be_converted(value, why):
     got, notes = cmd(value, 1)
     assert got is None and why in " ".join(notes)
@@ -252,3 +254,11 @@ def test_word_operators_match_what_swatch_matches(tmp_path, script, env, pattern
     swatch_printed = [x for x in sw.stdout.split("\n") if x in lines]
     assert swatch_printed, sw.stdout + sw.stderr          # swatch ran the rule
     assert bs_.stdout.split("\n")[:-1] == swatch_printed
+
+
+@pytest.mark.parametrize("value,on", [("1", True), ("yes", True), ("on", True), ("0", False), ("no", False),
+                                      ("off", False), ("OFF", False), ("false", False)])
+def test_boolean_options_read_the_same_way(value, on):
+    rules = bs.parse_config("c", "watchfor /x/\n  pipe /bin/cat,keep_open=%s\n  exec /bin/true,raw=%s\n"
+                                 "  tweet,defang=%s\n" % (value, value, value)).rules
+    assert [rules[0].actions[0].keep_open, rules[0].actions[1].raw, rules[0].actions[2].defang] == [on] * 3
