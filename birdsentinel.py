@@ -2286,10 +2286,6 @@ def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int,
     return entries, last_id, unreadable
 
 
-def journal_line(rec: Dict[str, Any]) -> bytes:
-    return json.dumps(rec, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
 class Outbox:
     """Messages waiting for X, as an append-only journal of JSON lines: {"op":"add",...} when matched,
     {"op":"part","id":N,"n":K} after part K of a split message, {"op":"done","id":N} when X accepted it (or it went to
@@ -2344,44 +2340,44 @@ class Outbox:
         self.entries[entry["id"]] = of_kind[entry["id"]] = entry
         self.text_bytes += len(entry["text"])
 
-    def _append(self, records: Sequence[Dict[str, Any]], sync: bool = False) -> None:
-        data = b"".join(journal_line(r) for r in records)
+    def _write(self, records: Sequence[Dict[str, Any]], sync: bool = False, whole: bool = False) -> None:
+        """Append records (sync: and fsync them), or rewrite the journal as them (whole).  After a failed write appends
+        stay in memory until retry() rewrites all.  Says once when writing starts failing, once when it works again."""
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
+        cause = None
         try:
-            if not self.durable:
-                return                          # in memory until retry() rewrites all
-            fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            try:
-                os.write(fd, data)
-                if sync and self.do_fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if whole:
+                atomic_write(self.path, data)
+                self.durable, self.journal_bytes = True, 0
+            elif not self.durable:
+                return
+            else:
+                fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, data)
+                    if sync and self.do_fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
             self.journal_bytes += len(data)
-            self.unsynced = not sync
-            self._wrote()
+            self.unsynced = not (sync or whole)
         except OSError as exc:
-            self._wrote(exc)
-
-    def sync(self) -> bool:
-        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
-        with self.lock:
-            if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
-                lost, self.lost_changed = self.lost_changed, False
-                self._append([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
-            return self.durable or self.retry()
-
-    def _wrote(self, exc: Optional[OSError] = None) -> None:
-        """Say once when writing starts failing, and once when it works again."""
-        cause = (exc.strerror or str(exc)) if exc is not None else None
+            cause = exc.strerror or str(exc)
+            self.durable, self.retry_at = False, time.monotonic() + 5.0     # no rewrite storm on a full disk
         if cause and cause != self.failing:
             LOG.error("cannot write outbox %s: %s; messages are kept in memory and log offsets "
                       "are not saved until it works again", self.path, cause)
         elif cause is None and self.failing:
             LOG.warning("outbox %s is writable again", self.path)
         self.failing = cause
-        self.durable = self.durable and cause is None
-        if cause:                                   # no rewrite storm on a full disk
-            self.retry_at = time.monotonic() + 5.0
+
+    def sync(self) -> bool:
+        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
+        with self.lock:
+            if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
+                lost, self.lost_changed = self.lost_changed, False
+                self._write([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
+            return self.durable or self.retry()
 
     def retry(self) -> bool:
         """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
@@ -2399,15 +2395,7 @@ class Outbox:
         with self.lock:
             recs = [dict(e, op="add") for e in self.entries.values()]
             recs += [{"op": "part", "id": e["id"], "n": e["parts"]} for e in self.entries.values() if e.get("parts")]
-            if self.lost:
-                recs.append({"op": "lost", "id": 0, "counts": self.lost})
-            data = b"".join(journal_line(r) for r in recs)
-            try:
-                atomic_write(self.path, data)
-                self.durable, self.unsynced, self.journal_bytes = True, False, len(data)
-                self._wrote()
-            except OSError as exc:
-                self._wrote(exc)
+            self._write(recs + ([{"op": "lost", "id": 0, "counts": self.lost}] if self.lost else []), whole=True)
 
     def add(self, kind: str, to: str, text: str, now: float, extra: Optional[Dict[str, Any]] = None,
             label: str = "") -> Optional[Dict[str, Any]]:
@@ -2427,7 +2415,7 @@ class Outbox:
             entry.update(extra or {}, **({"c": 1} if self.born_committed else {}))
             self.next_id += 1
             self._keep(entry)
-            self._append([entry])
+            self._write([entry])
             return entry
 
     def ready(self, kind: str, most: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -2442,7 +2430,7 @@ class Outbox:
     def part_sent(self, entry: Dict[str, Any], n: int) -> None:
         with self.lock:
             entry["parts"] = n
-            self._append([{"op": "part", "id": entry["id"], "n": n}], sync=True)
+            self._write([{"op": "part", "id": entry["id"], "n": n}], sync=True)
 
     def done(self, ids: Sequence[int]) -> None:
         with self.lock:
@@ -2451,7 +2439,7 @@ class Outbox:
                 e = self.entries.pop(i)
                 del self.queues[e["kind"]][i]
                 self.text_bytes -= len(e["text"])
-            self._append([{"op": "done", "id": i} for i in ids], sync=True)
+            self._write([{"op": "done", "id": i} for i in ids], sync=True)
             self.full = self.full and len(self.entries) >= self.max_entries
             if self.journal_bytes > 2 * self.text_bytes + 200 * len(self.entries) + (1 << 20):
                 self.compact()              # most of the journal is done records
