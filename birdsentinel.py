@@ -2006,11 +2006,11 @@ class Sentinel:
                 break
         self.runner.flush()
 
-    def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
+    def process_entry(self, line: str, fields: Optional[Dict[str, str]] = None, origin: Optional[str] = None) -> None:
         """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
         if not self.quit:
-            self.process_line(line, fields, sanitize(origin)[:64] if origin else "")
+            self.match_line(line, fields, self.plan.steps, sanitize(origin)[:64] if origin else "")
             self.runner.flush()
 
     def notify(self, text: str) -> None:
@@ -2018,9 +2018,6 @@ class Sentinel:
         to_x = {(a.kind, a.recipients): a for r in self.rules for a in r.actions if a.kind in ("dm", "tweet")}
         for a in to_x.values():
             self.runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
-
-    def process_line(self, line: str, fields: Optional[Dict[str, str]] = None, origin: str = "") -> None:
-        self.match_line(line, fields, self.plan.steps, origin)
 
     def match_line(self, line: str, fields: Optional[Dict[str, str]], steps: Sequence[Any], origin: str = "") -> None:
         """Try the rules of `steps`, (rule, literal check) as in MatchPlan.steps, in order."""
