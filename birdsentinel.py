@@ -1232,17 +1232,11 @@ class LineSplitter:
         if len(block) <= self.max_line or all(
                 block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
             return block
-        out, start = [], 0
-        while start < len(block):
-            end = block.find(b"\n", start)
-            if end - start > self.max_line:
-                LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
-                            self.name, end - start, self.max_line)
-                out.append(block[start:start + self.max_line] + b"\n")
-            else:
-                out.append(block[start:end + 1])
-            start = end + 1
-        return b"".join(out)
+        return re.sub(b"(?m)^([^\n]{%d})[^\n]+" % self.max_line, self._cut, block)
+
+    def _cut(self, m: re.Match) -> bytes:
+        LOG.warning("%s: a line of %d bytes was cut to its first %d bytes", self.name, len(m.group()), self.max_line)
+        return m.group(1)
 
     def held(self) -> int:
         """Bytes read that belong to the unfinished last line."""
