@@ -1362,10 +1362,10 @@ class FileTailer:
         self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock()))
 
     # -- reading ---------------------------------------------------------
-    def _drain(self, h: Handle) -> int:
-        """Read h's file past h.pos, at most MAX_POLL_READ (then self.more): the loop saves, checks signals, goes on."""
+    def _drain(self, h: Handle, most: int = MAX_POLL_READ) -> int:
+        """Read h's file past h.pos, at most `most` (then self.more): the loop saves, checks signals, goes on."""
         total = 0
-        while total < MAX_POLL_READ:
+        while total < most:
             try:
                 chunk = os.pread(h.fd, READ_BLOCK, h.pos)
             except OSError as exc:
@@ -1389,66 +1389,55 @@ class FileTailer:
 
     def _finish(self, h: Handle) -> None:
         """A file not looked at again: read all of it, emit its last line (which gets no newline), close it."""
-        while self._drain(h):
-            pass
+        self._drain(h, 1 << 62)
         if h.splitter.pending:
             self.on_text(h.splitter.feed(b"\n"))
         os.close(h.fd)
 
-    def _retire(self, h: Handle) -> None:
-        while self._drain(h):                       # the saved offset will be the new file's: all of the old
-            pass
-        h.last_growth = self.clock()              # the grace starts at the rotation
-        self.retired.append(h)
-        while len(self.retired) > 4:
-            self._finish(self.retired.pop(0))       # a bounded poll may have left some of it
-
     def poll(self) -> int:
         """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
-        total, self.more = 0, False
-        now = self.clock()
-        for h in list(self.retired):            # writers may still append after a rename
-            total += self._drain(h)
-            if now - h.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
-                self._finish(h)
-                self.retired.remove(h)
-        if self.cur is None:
-            if not self.started:
-                self._start()
-            else:
-                self.cur = self._open()
-                if self.cur is not None:
-                    LOG.info("%s appeared: reading it from the start", self.path)
-            return total + (self._drain(self.cur) if self.cur is not None else 0)
-        h = self.cur
-        size = os.fstat(h.fd).st_size
-        if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, or "
-                        "tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its first "
-                        "bytes changed)")
-            h.pos = h.offset = 0
-            h.splitter.reset()
-            h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
-        total += self._drain(h)                  # the inode we hold, to its end
-        try:
-            st: Optional[os.stat_result] = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            LOG.error("cannot stat %s: %s", self.path, exc.strerror)
-            return total
-        if st is None or (st.st_dev, st.st_ino) != h.ident:
-            # rename+create (logrotate create) or delete+create: keep reading
-            # the old inode for a while, follow the new file from its start.
-            self.cur = None
-            self._retire(h)
-            if st is None:
-                LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
-            else:
-                LOG.info("%s was rotated: following the new file from its start", self.path)
-                self.cur = self._open()
-                total += self._drain(self.cur) if self.cur is not None else 0
-        return total
+        total, self.more, now, h = 0, False, self.clock(), self.cur
+        for old in list(self.retired):          # writers may still append after a rename
+            total += self._drain(old)
+            if now - old.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
+                self._finish(old)
+                self.retired.remove(old)
+        if h is None and not self.started:
+            self._start()
+        elif h is None:
+            self.cur = self._open()
+            if self.cur is not None:
+                LOG.info("%s appeared: reading it from the start", self.path)
+        else:
+            size = os.fstat(h.fd).st_size
+            if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+                LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, "
+                            "or tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its "
+                            "first bytes changed)")
+                h.pos = h.offset = 0
+                h.splitter.reset()
+                h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+            total += self._drain(h)              # the inode we hold, to its end
+            try:
+                st: Optional[os.stat_result] = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                LOG.error("cannot stat %s: %s", self.path, exc.strerror)
+                return total
+            if st is not None and (st.st_dev, st.st_ino) == h.ident:
+                return total
+            # rename+create (logrotate create) or delete+create: read all of the old inode (the saved offset will be
+            # the new file's) and keep reading it for a while (the grace starts now); follow the new file from its start
+            self._drain(h, 1 << 62)
+            h.last_growth = self.clock()
+            self.retired.append(h)
+            while len(self.retired) > 4:
+                self._finish(self.retired.pop(0))   # a bounded poll may have left some of it
+            LOG.info("%s was renamed or deleted: waiting for a new file" if st is None else
+                     "%s was rotated: following the new file from its start", self.path)
+            self.cur = None if st is None else self._open()
+        return total + (self._drain(self.cur) if self.cur is not None else 0)
 
     def snapshot(self) -> Dict[str, Any]:
         """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
