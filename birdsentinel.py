@@ -2517,29 +2517,21 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
     """Parts of at most `limit` (as weighed), cut at spaces if possible, each ending in ' (i/n)' if there are more."""
     if weigh(text) <= limit:
         return [text]
-    text = text.strip()
-    for digits in range(1, 6):
-        parts = _greedy_split(text, limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), weigh)
+    for digits in range(1, 6):                  # greedy, the room left for ' (i/n)' of that many digits
+        room, rest, parts = limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), text.strip(), []
+        while rest and weigh(rest) > room:
+            lo, hi = 1, len(rest)               # longest prefix that fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
+            space = rest.rfind(" ", 0, lo + 1)
+            cut = space if space > lo // 2 else lo
+            parts.append(rest[:cut].strip())
+            rest = rest[cut:].strip()
+        parts += [rest] if rest else []
         if len(str(len(parts))) <= digits:
             return ["%s (%d/%d)" % (p, i, len(parts)) for i, p in enumerate(parts, 1)]
     raise ValueError("message too long to split")
-
-
-def _greedy_split(rest: str, room: int, weigh: Callable[[str], int]) -> List[str]:
-    parts: List[str] = []
-    while rest:
-        if weigh(rest) <= room:
-            parts.append(rest.strip())
-            break
-        lo, hi = 1, len(rest)                 # longest prefix that fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
-        space = rest.rfind(" ", 0, lo + 1)
-        cut = space if space > lo // 2 else lo
-        parts.append(rest[:cut].strip())
-        rest = rest[cut:].strip()
-    return parts
 
 
 def message_parts(kind: str, text: str) -> List[str]:
