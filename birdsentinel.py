@@ -2230,10 +2230,9 @@ def acquire_lock(state_path: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        try:
+        other = ""
+        with contextlib.suppress(OSError):
             other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        except OSError:
-            other = "?"
         os.close(fd)
         raise LockedError("another birdsentinel (pid %s) is already using state file %s"
                           % (other or "?", state_path)) from None
@@ -2322,7 +2321,7 @@ class Outbox:
 
     def _write(self, records: Sequence[Dict[str, Any]], sync: bool = False, whole: bool = False) -> None:
         """Append records (sync: and fsync them), or rewrite the journal as them (whole).  After a failed write appends
-        stay in memory until retry() rewrites all.  Says once when writing starts failing, once when it works again."""
+        stay in memory until sync() rewrites all.  Says once when writing starts failing, once when it works again."""
         data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
         cause = None
         try:
@@ -2352,24 +2351,22 @@ class Outbox:
         self.failing = cause
 
     def sync(self) -> bool:
-        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
+        """Make the appends durable (once a poll, and for each done record): are they?  After a failed write, rewrite the
+        journal when the disk has room for it, else every 5 s: never once per alert (issue 9: a full disk made every
+        alert rewrite the whole journal)."""
         with self.lock:
             if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
                 lost, self.lost_changed = self.lost_changed, False
                 self._write([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
-            return self.durable or self.retry()
-
-    def retry(self) -> bool:
-        """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
-        (issue 9: a full disk made every alert rewrite the whole journal)."""
-        try:
-            st = os.statvfs(os.path.dirname(self.path) or ".")
-            room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
-        except OSError:
+            if self.durable:
+                return True
             room = False
-        if room or time.monotonic() >= self.retry_at:
-            self.compact()
-        return self.durable
+            with contextlib.suppress(OSError):
+                st = os.statvfs(os.path.dirname(self.path) or ".")
+                room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
+            if room or time.monotonic() >= self.retry_at:
+                self.compact()
+            return self.durable
 
     def compact(self) -> None:
         with self.lock:
@@ -2386,10 +2383,9 @@ class Outbox:
                     LOG.error("outbox full (%d messages, %d KiB of text): new alerts are counted, not kept, "
                               "until X takes some; the count is sent first then", len(self.entries),
                               self.text_bytes // 1024)
-                self.full = True
+                self.full = self.lost_changed = True
                 counts = self.lost.setdefault("%s %s" % (kind, to), {})
                 counts[label or kind] = counts.get(label or kind, 0) + 1
-                self.lost_changed = True
                 return None
             entry = {"op": "add", "id": self.next_id, "kind": kind, "to": to, "text": text, "t": now}
             entry.update(extra or {}, **({"c": 1} if self.born_committed else {}))
