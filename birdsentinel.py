@@ -1309,10 +1309,8 @@ class FileTailer:
         if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
         elif saved is not None:
-            same_inode = (saved.get("dev"), saved.get("ino")) == h.ident
-            fp_saved = str(saved.get("fp", ""))
-            fp_now = fingerprint(h.fd, fp_length(fp_saved)) if fp_saved else ""
-            if same_inode and fp_now == fp_saved:
+            same_inode, fp_saved = (saved.get("dev"), saved.get("ino")) == h.ident, str(saved.get("fp", ""))
+            if same_inode and (not fp_saved or fingerprint(h.fd, fp_length(fp_saved)) == fp_saved):
                 pos = int(saved.get("offset", 0))
                 if size < pos:
                     LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
@@ -1329,11 +1327,9 @@ class FileTailer:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
         offset.  It is found by its inode; failing that (copytruncate made a copy), by its first bytes, the newest such
         copy, and only when those bytes were enough to tell files apart."""
-        directory, base = os.path.split(self.path)
-        try:
+        (directory, base), names = os.path.split(self.path), []       # (none if the directory cannot be listed)
+        with contextlib.suppress(OSError):
             names = os.listdir(directory or ".")
-        except OSError:
-            return
         fp_saved, ident, cands = str(saved.get("fp", "")), (saved.get("dev"), saved.get("ino")), []
         for name in names:
             if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
