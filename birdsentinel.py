@@ -1255,7 +1255,7 @@ class Handle:
     offset: int                              # start of the first unfinished line
     fp: str
     splitter: LineSplitter
-    last_growth: float = 0.0
+    last_growth: float = 0.0                 # when it grew; when it was rotated away (the grace counts from there)
 
 
 class FileTailer:
@@ -1293,8 +1293,7 @@ class FileTailer:
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
         self.missing_logged, self.error_logged = False, None
-        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path),
-                      self.clock())
+        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path))
 
     def _start(self) -> None:
         """First look: resume from the saved offset, or begin at the end (a file that appears later is all new)."""
@@ -1355,7 +1354,7 @@ class FileTailer:
         if st.st_size < offset:
             offset = 0
         LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
-        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock()))
+        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen)))
 
     # -- reading ---------------------------------------------------------
     def _drain(self, h: Handle, most: int = MAX_POLL_READ) -> int:
@@ -1700,9 +1699,8 @@ class Inotify:
         self.watched: Dict[str, Any] = {}
 
     def watch(self, path: str, mask: int, ident: Any = None) -> None:
-        if self.watched.get(path) == (mask, ident):
-            return
-        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
+        if self.watched.get(path) != (mask, ident) and (
+                self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0):
             self.watched[path] = (mask, ident)
 
 
@@ -2201,19 +2199,17 @@ class StateStore:
     def save(self, state: State) -> bool:
         with state.delivery.lock:                   # the sender may be changing it
             data = json.dumps({"version": STATE_VERSION, **state_object(state)}, separators=(",", ":"), sort_keys=True)
-        data = data.encode("utf-8")
+        cause = None
         try:
-            self.writer(self.path, data)
+            self.writer(self.path, data.encode("utf-8"))
         except OSError as exc:
             cause = exc.strerror or str(exc)
-            if cause != self.failing:
-                LOG.error("cannot write state file %s: %s; keeping the previous one and retrying", self.path, cause)
-            self.failing = cause
-            return False
-        if self.failing:
+        if cause and cause != self.failing:
+            LOG.error("cannot write state file %s: %s; keeping the previous one and retrying", self.path, cause)
+        elif cause is None and self.failing:
             LOG.warning("state file %s is writable again", self.path)
-            self.failing = None
-        return True
+        self.failing = cause
+        return cause is None
 
 
 def acquire_lock(state_path: str) -> int:
@@ -2347,8 +2343,8 @@ class Outbox:
         self.failing = cause
 
     def sync(self) -> bool:
-        """Make the appends durable (once a poll, and for each done record): are they?  After a failed write, rewrite the
-        journal when the disk has room for it, else every 5 s: never once per alert (issue 9: a full disk made every
+        """Make the appends durable (once a poll, and for each done record): are they?  After a failed write, rewrite
+        the journal when the disk has room for it, else every 5 s: never once per alert (issue 9: a full disk made every
         alert rewrite the whole journal)."""
         with self.lock:
             if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
@@ -2477,12 +2473,9 @@ def sanitize(text: str) -> str:
 
 
 def char_weight(ch: str) -> int:
-    cp = ord(ch)
-    for lo, hi in TWEET_WEIGHT1_RANGES:
-        if lo <= cp <= hi:
-            # emoji-like symbols in the light ranges (e.g. (c), (R)) are 2 for X's emoji parser: never under-count
-            return 2 if unicodedata.category(ch) == "So" else 1
-    return 2
+    """2, or 1 in X's light ranges but for emoji-like symbols ((c), (R): 2 for X's emoji parser; never under-count)."""
+    light = any(lo <= ord(ch) <= hi for lo, hi in TWEET_WEIGHT1_RANGES)
+    return 1 if light and unicodedata.category(ch) != "So" else 2
 
 
 def tweet_weight(text: str) -> int:
