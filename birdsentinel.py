@@ -1328,11 +1328,10 @@ class FileTailer:
         copy, and only when those bytes were enough to tell files apart."""
         (directory, base), names = os.path.split(self.path), []       # (none if the directory cannot be listed)
         with contextlib.suppress(OSError):
-            names = os.listdir(directory or ".")
+            names = [n for n in os.listdir(directory or ".") if n.startswith(base) and n != base
+                     and not n.endswith(ROTATED_SUFFIXES)]
         fp_saved, ident, cands = str(saved.get("fp", "")), (saved.get("dev"), saved.get("ino")), []
         for name in names:
-            if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
-                continue
             cand = os.path.join(directory, name)
             with contextlib.suppress(OSError):
                 st = os.stat(cand)
@@ -1960,9 +1959,8 @@ class Sentinel:
                 notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
                           "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
                 LOG.warning("%s", notice)
-                for action in rule.actions:
-                    if action.kind != "quit":
-                        self.runner.run(action, notice, None, notice)
+                for action in (a for a in rule.actions if a.kind != "quit"):
+                    self.runner.run(action, notice, None, notice)
             return False, ""
         if thresholds:
             fire, table[key] = threshold_fires(table.get(key), int(now), limit)
