@@ -1191,10 +1191,8 @@ def fingerprint(fd: int, length: int) -> str:
 
 
 def fp_length(fp: str) -> int:
-    try:
-        return int(fp.split(":", 1)[0])
-    except ValueError:
-        return 0
+    head = fp.partition(":")[0]
+    return int(head) if head.isdecimal() else 0         # a saved one may be anything
 
 
 class LineSplitter:
@@ -1537,16 +1535,15 @@ def journal_problem(directory: Optional[str]) -> str:
     import grp
     user = current_user()
     if directory:
-        if os.access(directory, os.R_OK | os.X_OK) and os.path.isdir(directory):
-            return ""
-        return ("cannot read journal directory %s as %s: give the user read access (its group, e.g. "
-                "systemd-journal-remote)" % (directory, user))
+        ok = os.access(directory, os.R_OK | os.X_OK) and os.path.isdir(directory)
+        return "" if ok else ("cannot read journal directory %s as %s: give the user read access (its group, e.g. "
+                              "systemd-journal-remote)" % (directory, user))
     gids = set(os.getgroups()) | {os.getegid()}
     names = {g.gr_name for g in grp.getgrall() if g.gr_gid in gids}
-    if os.geteuid() == 0 or names & {"systemd-journal", "adm", "wheel"}:
-        return ""
-    return ("user %s may read only its own entries of the system journal: add it to the group "
-            "systemd-journal (usermod -a -G systemd-journal %s), then start birdsentinel again" % (user, user))
+    ok = os.geteuid() == 0 or bool(names & {"systemd-journal", "adm", "wheel"})
+    return "" if ok else ("user %s may read only its own entries of the system journal: add it to the group "
+                          "systemd-journal (usermod -a -G systemd-journal %s), then start birdsentinel again"
+                          % (user, user))
 
 
 class JournalSource(StreamSource):
@@ -2532,11 +2529,8 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
     weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
     limit = limit or (DM_MAX_CHARS if kind == "dm" else TWEET_MAX_WEIGHT)
     text, used = head, 0
-    for line in held:
-        candidate = text + "\n" + line
-        if weigh(candidate) > limit:
-            break
-        text, used = candidate, used + 1
+    while used < len(held) and weigh(text + "\n" + held[used]) <= limit:
+        text, used = text + "\n" + held[used], used + 1
     if used == 0 and held:                      # always carry at least one line
         text, used = head + "\n" + split_message(held[0], limit - weigh(head) - 1, weigh)[0], 1
     return text, used
