@@ -1149,10 +1149,8 @@ def fingerprint(fd: int, length: int) -> str:
 
 
 def fp_length(fp: str) -> int:
-    try:
-        return int(fp.split(":", 1)[0])
-    except ValueError:
-        return 0
+    head = fp.partition(":")[0]
+    return int(head) if head.isdecimal() else 0         # a saved one may be anything
 
 
 class LineSplitter:
@@ -1190,17 +1188,11 @@ class LineSplitter:
         if len(block) <= self.max_line or all(
                 block.find(b"\n", p, p + step) >= 0 for p in range(0, len(block) - step, step)):
             return block
-        out, start = [], 0
-        while start < len(block):
-            end = block.find(b"\n", start)
-            if end - start > self.max_line:
-                LOG.warning("%s: a line of %d bytes was cut to its first %d bytes",
-                            self.name, end - start, self.max_line)
-                out.append(block[start:start + self.max_line] + b"\n")
-            else:
-                out.append(block[start:end + 1])
-            start = end + 1
-        return b"".join(out)
+        return re.sub(b"(?m)^([^\n]{%d})[^\n]+" % self.max_line, self._cut, block)
+
+    def _cut(self, m: re.Match) -> bytes:
+        LOG.warning("%s: a line of %d bytes was cut to its first %d bytes", self.name, len(m.group()), self.max_line)
+        return m.group(1)
 
     def held(self) -> int:
         """Bytes read that belong to the unfinished last line."""
@@ -1219,7 +1211,7 @@ class Handle:
     offset: int                              # start of the first unfinished line
     fp: str
     splitter: LineSplitter
-    last_growth: float = 0.0
+    last_growth: float = 0.0                 # when it grew; when it was rotated away (the grace counts from there)
 
 
 class FileTailer:
@@ -1257,8 +1249,7 @@ class FileTailer:
         if self.error_logged:
             LOG.warning("%s is readable again", self.path)
         self.missing_logged, self.error_logged = False, None
-        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path),
-                      self.clock())
+        return Handle(fd, (st.st_dev, st.st_ino), 0, 0, fingerprint(fd, FINGERPRINT_LEN), LineSplitter(self.path))
 
     def _start(self) -> None:
         """First look: resume from the saved offset, or begin at the end (a file that appears later is all new)."""
@@ -1273,10 +1264,8 @@ class FileTailer:
         if saved is not None and saved.get("ino") is None:      # it was gone when we stopped: all new
             LOG.info("%s appeared while we were stopped: reading it from the start", self.path)
         elif saved is not None:
-            same_inode = (saved.get("dev"), saved.get("ino")) == h.ident
-            fp_saved = str(saved.get("fp", ""))
-            fp_now = fingerprint(h.fd, fp_length(fp_saved)) if fp_saved else ""
-            if same_inode and fp_now == fp_saved:
+            same_inode, fp_saved = (saved.get("dev"), saved.get("ino")) == h.ident, str(saved.get("fp", ""))
+            if same_inode and (not fp_saved or fingerprint(h.fd, fp_length(fp_saved)) == fp_saved):
                 pos = int(saved.get("offset", 0))
                 if size < pos:
                     LOG.warning("%s shrank to %d bytes while we were stopped (offset was %d): "
@@ -1293,15 +1282,12 @@ class FileTailer:
         """logtail2's rule: after a rotation while stopped, finish the old file (path.1, path-DATE, ...) from the saved
         offset.  It is found by its inode; failing that (copytruncate made a copy), by its first bytes, the newest such
         copy, and only when those bytes were enough to tell files apart."""
-        directory, base = os.path.split(self.path)
-        try:
-            names = os.listdir(directory or ".")
-        except OSError:
-            return
+        (directory, base), names = os.path.split(self.path), []       # (none if the directory cannot be listed)
+        with contextlib.suppress(OSError):
+            names = [n for n in os.listdir(directory or ".") if n.startswith(base) and n != base
+                     and not n.endswith(ROTATED_SUFFIXES)]
         fp_saved, ident, cands = str(saved.get("fp", "")), (saved.get("dev"), saved.get("ino")), []
         for name in names:
-            if not name.startswith(base) or name == base or name.endswith(ROTATED_SUFFIXES):
-                continue
             cand = os.path.join(directory, name)
             with contextlib.suppress(OSError):
                 st = os.stat(cand)
@@ -1323,13 +1309,13 @@ class FileTailer:
         if st.st_size < offset:
             offset = 0
         LOG.info("finishing %s from byte %d (the rotated %s)", chosen, offset, self.path)
-        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen), self.clock()))
+        self._finish(Handle(fd, (st.st_dev, st.st_ino), offset, offset, fp_saved, LineSplitter(chosen)))
 
     # -- reading ---------------------------------------------------------
-    def _drain(self, h: Handle) -> int:
-        """Read h's file past h.pos, at most MAX_POLL_READ (then self.more): the loop saves, checks signals, goes on."""
+    def _drain(self, h: Handle, most: int = MAX_POLL_READ) -> int:
+        """Read h's file past h.pos, at most `most` (then self.more): the loop saves, checks signals, goes on."""
         total = 0
-        while total < MAX_POLL_READ:
+        while total < most:
             try:
                 chunk = os.pread(h.fd, READ_BLOCK, h.pos)
             except OSError as exc:
@@ -1353,66 +1339,55 @@ class FileTailer:
 
     def _finish(self, h: Handle) -> None:
         """A file not looked at again: read all of it, emit its last line (which gets no newline), close it."""
-        while self._drain(h):
-            pass
+        self._drain(h, 1 << 62)
         if h.splitter.pending:
             self.on_text(h.splitter.feed(b"\n"))
         os.close(h.fd)
 
-    def _retire(self, h: Handle) -> None:
-        while self._drain(h):                       # the saved offset will be the new file's: all of the old
-            pass
-        h.last_growth = self.clock()              # the grace starts at the rotation
-        self.retired.append(h)
-        while len(self.retired) > 4:
-            self._finish(self.retired.pop(0))       # a bounded poll may have left some of it
-
     def poll(self) -> int:
         """Read what is new, a bounded amount; handle rotation.  Returns bytes read."""
-        total, self.more = 0, False
-        now = self.clock()
-        for h in list(self.retired):            # writers may still append after a rename
-            total += self._drain(h)
-            if now - h.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
-                self._finish(h)
-                self.retired.remove(h)
-        if self.cur is None:
-            if not self.started:
-                self._start()
-            else:
-                self.cur = self._open()
-                if self.cur is not None:
-                    LOG.info("%s appeared: reading it from the start", self.path)
-            return total + (self._drain(self.cur) if self.cur is not None else 0)
-        h = self.cur
-        size = os.fstat(h.fd).st_size
-        if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
-            LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, or "
-                        "tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its first "
-                        "bytes changed)")
-            h.pos = h.offset = 0
-            h.splitter.reset()
-            h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
-        total += self._drain(h)                  # the inode we hold, to its end
-        try:
-            st: Optional[os.stat_result] = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            LOG.error("cannot stat %s: %s", self.path, exc.strerror)
-            return total
-        if st is None or (st.st_dev, st.st_ino) != h.ident:
-            # rename+create (logrotate create) or delete+create: keep reading
-            # the old inode for a while, follow the new file from its start.
-            self.cur = None
-            self._retire(h)
-            if st is None:
-                LOG.info("%s was renamed or deleted: waiting for a new file", self.path)
-            else:
-                LOG.info("%s was rotated: following the new file from its start", self.path)
-                self.cur = self._open()
-                total += self._drain(self.cur) if self.cur is not None else 0
-        return total
+        total, self.more, now, h = 0, False, self.clock(), self.cur
+        for old in list(self.retired):          # writers may still append after a rename
+            total += self._drain(old)
+            if now - old.last_growth > RETIRED_GRACE:     # idle that long: _finish has nothing more to read
+                self._finish(old)
+                self.retired.remove(old)
+        if h is None and not self.started:
+            self._start()
+        elif h is None:
+            self.cur = self._open()
+            if self.cur is not None:
+                LOG.info("%s appeared: reading it from the start", self.path)
+        else:
+            size = os.fstat(h.fd).st_size
+            if size < h.pos or fp_length(h.fp) and fingerprint(h.fd, fp_length(h.fp)) != h.fp:
+                LOG.warning("%s %s: reading from the start", self.path, "shrank from %d to %d bytes (copytruncate, "
+                            "or tampering)" % (h.pos, size) if size < h.pos else "was truncated and rewritten (its "
+                            "first bytes changed)")
+                h.pos = h.offset = 0
+                h.splitter.reset()
+                h.fp = fingerprint(h.fd, FINGERPRINT_LEN)
+            total += self._drain(h)              # the inode we hold, to its end
+            try:
+                st: Optional[os.stat_result] = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                LOG.error("cannot stat %s: %s", self.path, exc.strerror)
+                return total
+            if st is not None and (st.st_dev, st.st_ino) == h.ident:
+                return total
+            # rename+create (logrotate create) or delete+create: read all of the old inode (the saved offset will be
+            # the new file's) and keep reading it for a while (the grace starts now); follow the new file from its start
+            self._drain(h, 1 << 62)
+            h.last_growth = self.clock()
+            self.retired.append(h)
+            while len(self.retired) > 4:
+                self._finish(self.retired.pop(0))   # a bounded poll may have left some of it
+            LOG.info("%s was renamed or deleted: waiting for a new file" if st is None else
+                     "%s was rotated: following the new file from its start", self.path)
+            self.cur = None if st is None else self._open()
+        return total + (self._drain(self.cur) if self.cur is not None else 0)
 
     def snapshot(self) -> Dict[str, Any]:
         """What the state file keeps for this path.  Without a current file (rotated away, or not there yet) the entry
@@ -1518,16 +1493,15 @@ def journal_problem(directory: Optional[str]) -> str:
     import grp
     user = current_user()
     if directory:
-        if os.access(directory, os.R_OK | os.X_OK) and os.path.isdir(directory):
-            return ""
-        return ("cannot read journal directory %s as %s: give the user read access (its group, e.g. "
-                "systemd-journal-remote)" % (directory, user))
+        ok = os.access(directory, os.R_OK | os.X_OK) and os.path.isdir(directory)
+        return "" if ok else ("cannot read journal directory %s as %s: give the user read access (its group, e.g. "
+                              "systemd-journal-remote)" % (directory, user))
     gids = set(os.getgroups()) | {os.getegid()}
     names = {g.gr_name for g in grp.getgrall() if g.gr_gid in gids}
-    if os.geteuid() == 0 or names & {"systemd-journal", "adm", "wheel"}:
-        return ""
-    return ("user %s may read only its own entries of the system journal: add it to the group "
-            "systemd-journal (usermod -a -G systemd-journal %s), then start birdsentinel again" % (user, user))
+    ok = os.geteuid() == 0 or bool(names & {"systemd-journal", "adm", "wheel"})
+    return "" if ok else ("user %s may read only its own entries of the system journal: add it to the group "
+                          "systemd-journal (usermod -a -G systemd-journal %s), then start birdsentinel again"
+                          % (user, user))
 
 
 class JournalSource(StreamSource):
@@ -1679,9 +1653,8 @@ class Inotify:
         self.watched: Dict[str, Any] = {}
 
     def watch(self, path: str, mask: int, ident: Any = None) -> None:
-        if self.watched.get(path) == (mask, ident):
-            return
-        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0:
+        if self.watched.get(path) != (mask, ident) and (
+                self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0):
             self.watched[path] = (mask, ident)
 
 
@@ -1941,9 +1914,8 @@ class Sentinel:
                 notice = ("birdsentinel: too many distinct keys for the rule at %s line %d (%d tracked): "
                           "tracking suspended for new keys" % (rule.path, rule.lineno, len(table)))
                 LOG.warning("%s", notice)
-                for action in rule.actions:
-                    if action.kind != "quit":
-                        self.runner.run(action, notice, None, notice)
+                for action in (a for a in rule.actions if a.kind != "quit"):
+                    self.runner.run(action, notice, None, notice)
             return False, ""
         if thresholds:
             fire, table[key] = threshold_fires(table.get(key), int(now), limit)
@@ -1964,11 +1936,11 @@ class Sentinel:
                 break
         self.runner.flush()
 
-    def process_entry(self, line: str, fields: Optional[Dict[str, str]], origin: Optional[str]) -> None:
+    def process_entry(self, line: str, fields: Optional[Dict[str, str]] = None, origin: Optional[str] = None) -> None:
         """A line of a source that knows more than its text: journal fields, the host it came from (journal, omprog)."""
         self.bytes += len(line) + 1
         if not self.quit:
-            self.process_line(line, fields, sanitize(origin)[:64] if origin else "")
+            self.match_line(line, fields, self.plan.steps, sanitize(origin)[:64] if origin else "")
             self.runner.flush()
 
     def notify(self, text: str) -> None:
@@ -1976,9 +1948,6 @@ class Sentinel:
         to_x = {(a.kind, a.recipients): a for r in self.rules for a in r.actions if a.kind in ("dm", "tweet")}
         for a in to_x.values():
             self.runner.run(dataclasses.replace(a, when=None, message=None), text, None, text)
-
-    def process_line(self, line: str, fields: Optional[Dict[str, str]] = None, origin: str = "") -> None:
-        self.match_line(line, fields, self.plan.steps, origin)
 
     def match_line(self, line: str, fields: Optional[Dict[str, str]], steps: Sequence[Any], origin: str = "") -> None:
         """Try the rules of `steps`, (rule, literal check) as in MatchPlan.steps, in order."""
@@ -2183,19 +2152,17 @@ class StateStore:
     def save(self, state: State) -> bool:
         with state.delivery.lock:                   # the sender may be changing it
             data = json.dumps({"version": STATE_VERSION, **state_object(state)}, separators=(",", ":"), sort_keys=True)
-        data = data.encode("utf-8")
+        cause = None
         try:
-            self.writer(self.path, data)
+            self.writer(self.path, data.encode("utf-8"))
         except OSError as exc:
             cause = exc.strerror or str(exc)
-            if cause != self.failing:
-                LOG.error("cannot write state file %s: %s; keeping the previous one and retrying", self.path, cause)
-            self.failing = cause
-            return False
-        if self.failing:
+        if cause and cause != self.failing:
+            LOG.error("cannot write state file %s: %s; keeping the previous one and retrying", self.path, cause)
+        elif cause is None and self.failing:
             LOG.warning("state file %s is writable again", self.path)
-            self.failing = None
-        return True
+        self.failing = cause
+        return cause is None
 
 
 def acquire_lock(state_path: str) -> int:
@@ -2208,10 +2175,9 @@ def acquire_lock(state_path: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        try:
+        other = ""
+        with contextlib.suppress(OSError):
             other = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        except OSError:
-            other = "?"
         os.close(fd)
         raise LockedError("another birdsentinel (pid %s) is already using state file %s"
                           % (other or "?", state_path)) from None
@@ -2242,10 +2208,6 @@ def parse_journal(lines: Iterable[bytes]) -> Tuple["collections.OrderedDict[int,
             entries[ident]["parts"] = int(rec.get("n", 0))
         last_id = max(last_id, ident)
     return entries, last_id, unreadable
-
-
-def journal_line(rec: Dict[str, Any]) -> bytes:
-    return json.dumps(rec, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 class Outbox:
@@ -2302,70 +2264,60 @@ class Outbox:
         self.entries[entry["id"]] = of_kind[entry["id"]] = entry
         self.text_bytes += len(entry["text"])
 
-    def _append(self, records: Sequence[Dict[str, Any]], sync: bool = False) -> None:
-        data = b"".join(journal_line(r) for r in records)
+    def _write(self, records: Sequence[Dict[str, Any]], sync: bool = False, whole: bool = False) -> None:
+        """Append records (sync: and fsync them), or rewrite the journal as them (whole).  After a failed write appends
+        stay in memory until sync() rewrites all.  Says once when writing starts failing, once when it works again."""
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode("utf-8") + b"\n" for r in records)
+        cause = None
         try:
-            if not self.durable:
-                return                          # in memory until retry() rewrites all
-            fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            try:
-                os.write(fd, data)
-                if sync and self.do_fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if whole:
+                atomic_write(self.path, data)
+                self.durable, self.journal_bytes = True, 0
+            elif not self.durable:
+                return
+            else:
+                fd = open_ours(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                try:
+                    os.write(fd, data)
+                    if sync and self.do_fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
             self.journal_bytes += len(data)
-            self.unsynced = not sync
-            self._wrote()
+            self.unsynced = not (sync or whole)
         except OSError as exc:
-            self._wrote(exc)
-
-    def sync(self) -> bool:
-        """Make the appends durable (once a poll, and for each done record; after a failed write, retry()): are they?"""
-        with self.lock:
-            if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
-                lost, self.lost_changed = self.lost_changed, False
-                self._append([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
-            return self.durable or self.retry()
-
-    def _wrote(self, exc: Optional[OSError] = None) -> None:
-        """Say once when writing starts failing, and once when it works again."""
-        cause = (exc.strerror or str(exc)) if exc is not None else None
+            cause = exc.strerror or str(exc)
+            self.durable, self.retry_at = False, time.monotonic() + 5.0     # no rewrite storm on a full disk
         if cause and cause != self.failing:
             LOG.error("cannot write outbox %s: %s; messages are kept in memory and log offsets "
                       "are not saved until it works again", self.path, cause)
         elif cause is None and self.failing:
             LOG.warning("outbox %s is writable again", self.path)
         self.failing = cause
-        self.durable = self.durable and cause is None
-        if cause:                                   # no rewrite storm on a full disk
-            self.retry_at = time.monotonic() + 5.0
 
-    def retry(self) -> bool:
-        """After a failed write, rewrite the journal when the disk has room for it, else every 5 s: never once per alert
-        (issue 9: a full disk made every alert rewrite the whole journal)."""
-        try:
-            st = os.statvfs(os.path.dirname(self.path) or ".")
-            room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
-        except OSError:
+    def sync(self) -> bool:
+        """Make the appends durable (once a poll, and for each done record): are they?  After a failed write, rewrite
+        the journal when the disk has room for it, else every 5 s: never once per alert (issue 9: a full disk made every
+        alert rewrite the whole journal)."""
+        with self.lock:
+            if self.unsynced or self.lost_changed:          # what the full outbox did not keep, too
+                lost, self.lost_changed = self.lost_changed, False
+                self._write([{"op": "lost", "id": 0, "counts": self.lost}] if lost else [], sync=True)
+            if self.durable:
+                return True
             room = False
-        if room or time.monotonic() >= self.retry_at:
-            self.compact()
-        return self.durable
+            with contextlib.suppress(OSError):
+                st = os.statvfs(os.path.dirname(self.path) or ".")
+                room = st.f_bavail * st.f_frsize > 2 * (self.text_bytes + 200 * len(self.entries)) + (1 << 20)
+            if room or time.monotonic() >= self.retry_at:
+                self.compact()
+            return self.durable
 
     def compact(self) -> None:
         with self.lock:
             recs = [dict(e, op="add") for e in self.entries.values()]
             recs += [{"op": "part", "id": e["id"], "n": e["parts"]} for e in self.entries.values() if e.get("parts")]
-            if self.lost:
-                recs.append({"op": "lost", "id": 0, "counts": self.lost})
-            data = b"".join(journal_line(r) for r in recs)
-            try:
-                atomic_write(self.path, data)
-                self.durable, self.unsynced, self.journal_bytes = True, False, len(data)
-                self._wrote()
-            except OSError as exc:
-                self._wrote(exc)
+            self._write(recs + ([{"op": "lost", "id": 0, "counts": self.lost}] if self.lost else []), whole=True)
 
     def add(self, kind: str, to: str, text: str, now: float, extra: Optional[Dict[str, Any]] = None,
             label: str = "") -> Optional[Dict[str, Any]]:
@@ -2376,16 +2328,15 @@ class Outbox:
                     LOG.error("outbox full (%d messages, %d KiB of text): new alerts are counted, not kept, "
                               "until X takes some; the count is sent first then", len(self.entries),
                               self.text_bytes // 1024)
-                self.full = True
+                self.full = self.lost_changed = True
                 counts = self.lost.setdefault("%s %s" % (kind, to), {})
                 counts[label or kind] = counts.get(label or kind, 0) + 1
-                self.lost_changed = True
                 return None
             entry = {"op": "add", "id": self.next_id, "kind": kind, "to": to, "text": text, "t": now}
             entry.update(extra or {}, **({"c": 1} if self.born_committed else {}))
             self.next_id += 1
             self._keep(entry)
-            self._append([entry])
+            self._write([entry])
             return entry
 
     def ready(self, kind: str, most: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -2400,7 +2351,7 @@ class Outbox:
     def part_sent(self, entry: Dict[str, Any], n: int) -> None:
         with self.lock:
             entry["parts"] = n
-            self._append([{"op": "part", "id": entry["id"], "n": n}], sync=True)
+            self._write([{"op": "part", "id": entry["id"], "n": n}], sync=True)
 
     def done(self, ids: Sequence[int]) -> None:
         with self.lock:
@@ -2409,7 +2360,7 @@ class Outbox:
                 e = self.entries.pop(i)
                 del self.queues[e["kind"]][i]
                 self.text_bytes -= len(e["text"])
-            self._append([{"op": "done", "id": i} for i in ids], sync=True)
+            self._write([{"op": "done", "id": i} for i in ids], sync=True)
             self.full = self.full and len(self.entries) >= self.max_entries
             if self.journal_bytes > 2 * self.text_bytes + 200 * len(self.entries) + (1 << 20):
                 self.compact()              # most of the journal is done records
@@ -2475,12 +2426,9 @@ def sanitize(text: str) -> str:
 
 
 def char_weight(ch: str) -> int:
-    cp = ord(ch)
-    for lo, hi in TWEET_WEIGHT1_RANGES:
-        if lo <= cp <= hi:
-            # emoji-like symbols in the light ranges (e.g. (c), (R)) are 2 for X's emoji parser: never under-count
-            return 2 if unicodedata.category(ch) == "So" else 1
-    return 2
+    """2, or 1 in X's light ranges but for emoji-like symbols ((c), (R): 2 for X's emoji parser; never under-count)."""
+    light = any(lo <= ord(ch) <= hi for lo, hi in TWEET_WEIGHT1_RANGES)
+    return 1 if light and unicodedata.category(ch) != "So" else 2
 
 
 def tweet_weight(text: str) -> int:
@@ -2507,29 +2455,21 @@ def split_message(text: str, limit: int, weigh: Callable[[str], int]) -> List[st
     """Parts of at most `limit` (as weighed), cut at spaces if possible, each ending in ' (i/n)' if there are more."""
     if weigh(text) <= limit:
         return [text]
-    text = text.strip()
-    for digits in range(1, 6):
-        parts = _greedy_split(text, limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), weigh)
+    for digits in range(1, 6):                  # greedy, the room left for ' (i/n)' of that many digits
+        room, rest, parts = limit - weigh(" (%s/%s)" % ("9" * digits, "9" * digits)), text.strip(), []
+        while rest and weigh(rest) > room:
+            lo, hi = 1, len(rest)               # longest prefix that fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
+            space = rest.rfind(" ", 0, lo + 1)
+            cut = space if space > lo // 2 else lo
+            parts.append(rest[:cut].strip())
+            rest = rest[cut:].strip()
+        parts += [rest] if rest else []
         if len(str(len(parts))) <= digits:
             return ["%s (%d/%d)" % (p, i, len(parts)) for i, p in enumerate(parts, 1)]
     raise ValueError("message too long to split")
-
-
-def _greedy_split(rest: str, room: int, weigh: Callable[[str], int]) -> List[str]:
-    parts: List[str] = []
-    while rest:
-        if weigh(rest) <= room:
-            parts.append(rest.strip())
-            break
-        lo, hi = 1, len(rest)                 # longest prefix that fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if weigh(rest[:mid]) <= room else (lo, mid - 1)
-        space = rest.rfind(" ", 0, lo + 1)
-        cut = space if space > lo // 2 else lo
-        parts.append(rest[:cut].strip())
-        rest = rest[cut:].strip()
-    return parts
 
 
 def message_parts(kind: str, text: str) -> List[str]:
@@ -2547,11 +2487,8 @@ def digest_text(kind: str, held: Sequence[str], since: float, limit: Optional[in
     weigh: Callable[[str], int] = len if kind == "dm" else tweet_weight
     limit = limit or (DM_MAX_CHARS if kind == "dm" else TWEET_MAX_WEIGHT)
     text, used = head, 0
-    for line in held:
-        candidate = text + "\n" + line
-        if weigh(candidate) > limit:
-            break
-        text, used = candidate, used + 1
+    while used < len(held) and weigh(text + "\n" + held[used]) <= limit:
+        text, used = text + "\n" + held[used], used + 1
     if used == 0 and held:                      # always carry at least one line
         text, used = head + "\n" + split_message(held[0], limit - weigh(head) - 1, weigh)[0], 1
     return text, used

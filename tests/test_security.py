@@ -306,7 +306,7 @@ OWN_PID = 1234
 def test_own_lines_are_recognized_by_header_only(tmp_path, line, own):
     sentinel, out, _clock = rig(tmp_path, "watchfor /Failed password/\n  echo\n")
     sentinel.self_tag = "birdsentinel[%d]:" % OWN_PID     # what App.run sets when logging to syslog
-    sentinel.process_line(line)
+    sentinel.process_entry(line)
     assert out.getvalue() == ("" if own else line + "\n")
 
 
@@ -535,7 +535,7 @@ def test_no_format_character_survives_sanitize_or_reaches_the_outbox(tmp_path):
     config = bs.parse_config(str(tmp_path / "c.conf"), "watchfor /bird_alert/\n  dm @alice\n")
     runner = bs.ActionRunner(io.StringIO(), outbox=outbox, hostname="web1")
     sentinel = bs.Sentinel(config, runner, bs.Counters())
-    sentinel.process_line("bird_alert \u202egnp.exe\u202c \u200bzero\u2066width\u2069 " + cf + " end")
+    sentinel.process_entry("bird_alert \u202egnp.exe\u202c \u200bzero\u2066width\u2069 " + cf + " end")
     (entry,) = outbox.entries.values()
     assert entry["text"].startswith("[web1] bird_alert") and entry["text"].endswith(" end")
     assert format_chars_in(entry["text"]) == []

@@ -220,7 +220,7 @@ class Rig:
 
     def feed(self, *lines, step=0.0):
         for line in lines:
-            self.sentinel.process_line(line)
+            self.sentinel.process_entry(line)
             self.clock.t += step
 
     def lines(self):
