@@ -992,6 +992,10 @@ PERLCODE_RE = re.compile(r"^(?:\d\s+)?(?:(?:my|our)\s+)?\$(\w+)\s*=\s*"        #
                          r"(?:'((?:[^'\\]|\\[^'\\])*)'|\"([^\"\\$@]*)\")\s*;?\s*$")
 PERL_STRING_RE = re.compile(r"\\(.)|\$(?:\{(\w+)\}|(\d+|[_*]|[A-Za-z_]\w*))|[^\\$]+|\$", re.S)
 RULE_KEYS = ("watchfor", "waitfor", "ignore")
+SHELLS = ("sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "busybox", "fish", "csh", "tcsh")
+INTERPRETERS = ("perl", "python", "python2", "python3", "ruby", "php", "node", "lua", "tclsh", "awk", "gawk", "mawk",
+                "nawk")
+WRAPPERS = ("env", "sudo", "nice", "nohup", "exec", "command", "xargs", "timeout", "stdbuf", "ionice", "setsid")
 
 
 def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callable[[str], None]) -> Optional[str]:
@@ -1005,11 +1009,15 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
             chars.append({"n": "\n", "t": "\t"}.get(esc, esc) if esc is not None else perl.get(name, tok.group()))
         elif name.isdigit() and name != "0" and int(name) > groups:
             note("$%s, but the pattern has %d group(s): empty, as in swatch" % (name, groups))
+        elif name.isdigit() and len(name) > 1:
+            return note("$%s: birdsentinel has groups $1 to $9 only" % name)
         elif name.isdigit() or name in "_*":
             chars.append(chr(0xE000 + len(occ)))
             occ.append(("$_" if name in "_*0" else "$" + name, tok.group()))
         else:
             return note("Perl variable $%s, which no perlcode sets to a literal" % name)
+    if "\n" in "".join(chars):
+        return note("a \\n in the command: it cannot be written on one config line")
     try:                                            # out: (the shell's quoting there, character or variable)
         out = [(w, occ[ord(c) - 0xE000] if c >= "\ue000" else c) for w, c in shell_chars("".join(chars))]
     except ValueError:
@@ -1017,29 +1025,55 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
     bare = {c for w, c in out if w == "" and isinstance(c, str)}
     shell, glob = bool(bare & set("|&;<>()$`*?[~\n")) or any(w == '"' and c in ("$", "`") for w, c in out), \
         bool(bare & set("*?["))
-    if out and isinstance(out[0][1], tuple):
-        return note("the program would come from the log line")
-    if occ and re.search(r"(?:^|[\s;&|(`])(?:eval|ssh|su|(?:ba|da|k|z)?sh\s+-c)\s", "".join(chars)):
-        return note("the command hands text to another shell (eval, sh -c, ssh, su), where the line would be code: "
-                    "rewrite it by hand")
+    risk = code_risk(out) if occ else ""
+    if risk:
+        return note(risk + ": rewrite it by hand")
     said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and ctx != '"')
     for where, x in dict.fromkeys(said):
         note("%s inside '...' moved out of the quotes: the line or group goes there, as in swatch" % x[1] if where
              else "%s is one argument (swatch split it into words)" % x[1])
+    drop = {j for i, (ctx, x) in enumerate(out) if isinstance(x, tuple) and ctx == "'" for j in (i - 1, i + 1)
+            if 0 <= j < len(out) and out[j] == (None, "'")}     # '$_' -> $_, not ''$_''
+
+    def put(i: int, ctx: Optional[str], ref: str) -> str:      # a variable moved out of '...' if it was in one
+        return ("" if i - 1 in drop else "'") + ref + ("" if i + 1 in drop else "'") if ctx == "'" else ref
     if not shell:                                   # one argv, which birdsentinel splits as a shell would
-        return unquote_empty("".join(x if isinstance(x, str) else "'%s'" % x[1] if ctx == "'" else x[1]
-                                     for ctx, x in out), r"\$\S")
+        return "".join(x if isinstance(x, str) else put(i, ctx, x[1]) for i, (ctx, x) in enumerate(out)
+                       if i not in drop)
     pos = {t: "${%d}" % n for n, t in enumerate(dict.fromkeys(x[0] for _, x in out if isinstance(x, tuple)), 1)}
-    script = "".join(x if isinstance(x, str) else pos[x[0]] if ctx == '"' else ("'\"%s\"'" if ctx else '"%s"')
-                     % pos[x[0]] for ctx, x in out)
+    script = "".join(x if isinstance(x, str) else put(i, ctx, pos[x[0]] if ctx == '"' else '"%s"' % pos[x[0]])
+                     for i, (ctx, x) in enumerate(out) if i not in drop)
     note("shell syntax: sh -c runs it, given the line and groups as arguments, quoted: never split or globbed")
-    script = unquote_empty(("" if glob else "set -f; ") + script, r'"\$\{\d+\}"')     # the command's own * globs
+    script = ("" if glob else "set -f; ") + script      # the command's own * globs
     return " ".join(["sh -c '%s' sh" % script.replace("'", "'\\''")] + list(pos))
 
 
-def unquote_empty(text: str, var: str) -> str:
-    """Without the empty '' that moving a variable out of '...' leaves beside it."""
-    return re.sub("''(%s)" % var, r"\1", re.sub("(%s)''" % var, r"\1", text))
+def code_risk(out: List[Tuple[Optional[str], Any]]) -> str:
+    """Why a value from the log line could become code, or pick what runs, in this command (as shell_chars reads it,
+    variables as tuples), or ''."""
+    words, cur, start = [], [], True                # (text with \0 for a variable, first word of a command)
+    for ctx, x in out + [("", " ")]:
+        if ctx == "" and isinstance(x, str) and (x.isspace() or x in "|;&()`\n"):
+            words += [("".join(cur), start)] if cur else []
+            start, cur = x in "|;&()`\n" or start and not cur, []
+        elif ctx is not None or isinstance(x, tuple):
+            cur.append("\0" if isinstance(x, tuple) else x)
+    text = "".join("\0" if isinstance(x, tuple) else x for _, x in out)
+    if re.search(r"\$\(|`|\$\(\(|[<>]&\s*\0|\[\[|\blet\b", text):
+        return "the line would be inside a command substitution, arithmetic or a redirect to a descriptor"
+    if re.search(r"\$(?:\{?[0-9@*#])", text.replace("\0", "")):
+        return "the shell's own $1 or $@ would be the line and its groups here"
+    for i, (w, first) in enumerate(words):
+        args = list(itertools.takewhile(lambda a: not a[1], words[i + 1:]))
+        name = os.path.basename(w) if first or i and os.path.basename(words[i - 1][0]) in WRAPPERS else ""
+        if first and "\0" in w:
+            return "the program would come from the log line"
+        if name in SHELLS and (any(a.startswith("-") and "c" in a for a, _ in args) or
+                               all(a.startswith("-") for a, _ in args)) or name in INTERPRETERS and (
+                name.endswith("awk") or any(re.match(r"-\w*[ce]", a) for a, _ in args)) or name in ("eval", "ssh",
+                                                                                             "su", "runuser"):
+            return "%s reads text as code, and the line would be in it" % name
+    return ""
 
 
 def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
@@ -1047,8 +1081,12 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
     raw, items, last = text.split("\n"), [], 0     # items: [first line number, its lines, key, value]
     for start, end, logical in read_logical_lines(text):
         items += [[n, [raw[n - 1]], "", ""] for n in range(last + 1, start)]   # comments and blank lines as they are
+        if end > start:                             # swatch joins a continued line without a space
+            logical = "".join(x.rstrip("\r").rstrip()[:-1] if x.rstrip().endswith("\\") else x.rstrip("\r")
+                              for x in raw[start - 1:end]).strip()
         m = KEYWORD_RE.match(logical)
-        items.append([start, raw[start - 1:end], m.group(1).lower() if m else "", m.group(2) if m else ""])
+        items.append([start, raw[start - 1:end] if end == start else [logical], m.group(1).lower() if m else "",
+                      m.group(2) if m else ""])
         last = end
     items += [[n, [raw[n - 1]], "", ""] for n in range(last + 1, len(raw) + 1)]
     perlcode = [(it, PERLCODE_RE.match(it[3])) for it in items if it[2] in ("perlcode", "perlocde")]
@@ -1099,6 +1137,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                 note("the command keeps its commas (swatch ran only what follows the last one)")
             if re.search(r"(?i)bird_?sentinel\.pl|twitter|tweet", rest):
                 it[1].insert(0, "# birdsentinel sends X direct messages itself: 'dm' may replace this exec")
+        elif key == "include":
+            note("%s is not converted: run --convert-config on it too" % value)
         elif key == "echo" and re.match(r"modes\s*=", new):
             new = re.sub(r"^modes\s*=\s*", "", new)
             note("echo modes=X written as echo X (swatch 3.2.4 dies on it at the first match)")
@@ -1118,11 +1158,12 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
     for _ in range(len(items) + 1):                 # what still does not load is commented out, line by line
         out = [x for it in items for x in it[1]]
         where = [n for n, it in enumerate(items) for _ in it[1]]     # the item of each line of out
-        try:
-            parse_config(path, "\n".join(out))
+        try:                                        # an include is still swatch's: checked once converted
+            parse_config(path, "\n".join("" if items[where[n]][2] == "include" else x for n, x in enumerate(out)))
             break
         except ConfigError as exc:
-            if not 0 < exc.lineno <= len(where) or exc.path != path:
+            if not 0 < exc.lineno <= len(where) or exc.path != path or items[where[exc.lineno - 1]][1][0].startswith(
+                    "# CONVERT: "):
                 return "\n".join(out), notes + [str(exc)], False
             k = where[exc.lineno - 1]
             notes.append('"%s", line %d: %s%s: commented out' % (path, items[k][0], exc.what,
@@ -1130,7 +1171,8 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
             for it in [items[k]] + list(itertools.takewhile(lambda it: it[2] not in RULE_KEYS + ("include",),
                                                             items[k + 1:]) if items[k][2] in RULE_KEYS else []):
                 it[1] = ["# CONVERT: " + x if x and not x.startswith("#") else x for x in it[1]]
-    return "\n".join(out), notes, not any(x.startswith("# CONVERT: ") for x in out)
+    return "\n".join(out), notes, not any(x.startswith("# CONVERT: ") for x in out) and all(
+        it[2] != "include" for it in items)
 
 
 # ==== Sources ================================================================
@@ -3188,7 +3230,7 @@ class ActionRunner:
                 self.failed("cannot run %s %s: %s" % (what, argv[0] if argv else "?", exc.strerror or exc))
                 continue
             if stdin is not None:                   # writes, closes and reaps; a child gone early is no error
-                threading.Thread(target=proc.communicate, args=(stdin,), daemon=True).start()
+                threading.Thread(target=feed, args=(proc, stdin), daemon=True).start()
             self.children.append((proc, "%s %s" % (what, argv[0]), self.monotonic()))
 
     def failed(self, why: str) -> None:
@@ -3262,6 +3304,12 @@ class PipeWriter:
         except queue.Full:
             self.full_since = self.full_since or now
             self.dropped += 1
+
+
+def feed(proc: subprocess.Popen, data: bytes) -> None:
+    """A child's standard input, written and closed, then the child reaped; a write error only means it went early."""
+    with contextlib.suppress(OSError, ValueError):
+        proc.communicate(data)
 
 
 def child_env(env: Any) -> Dict[str, str]:
@@ -3379,6 +3427,7 @@ class App:
         goes before the sender takes them: a kill in between sent an alert that rsyslog, told no OK, sent again."""
         now, ob = time.monotonic(), self.outbox
         ok = self.store is None or not force and (not self.dirty or now - self.last_save < 0.5)     # nothing to do
+        saved = False                               # only a save that happened lets the sender take more
         if not ok and (ob is None or ob.sync()):    # positions wait until the alerts are safe
             self.state.outbox_committed = ob.next_id - 1 if ob is not None else self.state.outbox_committed
             for s in sources:
@@ -3386,11 +3435,11 @@ class App:
                     self.state.journal[s.key] = s.snapshot()
                 elif isinstance(s, FileTailer):
                     self.state.files[s.path] = s.snapshot()
-            ok = self.store.save(self.state)        # type: ignore[union-attr]
+            ok = saved = self.store.save(self.state)        # type: ignore[union-attr]
             self.dirty, self.last_save = (False, now) if ok else (self.dirty, self.last_save)
         if answer is not None:
             answer(ok)
-        if ok and ob is not None and ob.committed != self.state.outbox_committed:
+        if saved and ob is not None and ob.committed != self.state.outbox_committed:
             ob.committed = self.state.outbox_committed
             self.wake.set()
         return ok
@@ -3875,7 +3924,7 @@ def cmd_convert(opts: argparse.Namespace, out: Any, err: Any) -> int:
     result, notes, ok = convert_config(opts.convert_config, read_config_text(opts.convert_config, "", 0))
     data = "# converted by birdsentinel --convert-config from %s\n%s" % (opts.convert_config, result)
     err.write("".join(n + "\n" for n in notes) + "birdsentinel: %d note(s); %s\n" % (len(notes), "the result loads"
-              if ok else "some lines are commented out (# CONVERT:): they need a hand"))
+              if ok else "it needs a hand where the notes say (# CONVERT: marks what is commented out)"))
     if not opts.output:
         out.write(data)
     else:

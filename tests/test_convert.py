@@ -103,10 +103,18 @@ def test_a_literal_perl_variable_is_written_in():
 
 @pytest.mark.parametrize("value,why", [("$script $1", "Perl variable $script"),
                                        ("$1 --flag", "program would come from the log line"),
-                                       ("eval echo $0", "another shell"), ("ssh backup logger $1", "another shell"),
-                                       ("echo x | sh -c \"logger $0\"", "another shell")])
+                                       ("eval echo $0", "as code"), ("ssh backup logger $1", "as code"),
+                                       ("echo x | sh -c \"logger $0\"", "as code"),
+                                       ("/bin/sh -c 'logger -t x $0'", "as code"), ("sh -ec \"echo $0\"", "as code"),
+                                       ("echo $0 | /bin/bash", "as code"), ("sudo bash -c 'echo $1'", "as code"),
+                                       ("perl -e 'print \"$0\"'", "as code"), ("awk '/x/' $1", "as code"),
+                                       ("echo hi; $1", "program would come"), ("echo $0 | $1", "program would come"),
+                                       ("echo \\$(( $1 + 1 ))", "arithmetic"), ("ls * \"$(echo $0)\"", "substitution"),
+                                       ("echo `echo $1`", "substitution"), ("echo $0 >&$1", "descriptor"),
+                                       ("echo $0 \\$1 | cat", "shell's own"), ("printf '%s\\n' $0", "one config line"),
+                                       ("/x $10", "$1 to $9 only")])
 def test_commands_that_cannot_be_converted(value, why):
-    got, notes = cmd(value, 1)
+    got, notes = cmd(value, 10)
     assert got is None and why in " ".join(notes)
 
 
@@ -262,3 +270,16 @@ def test_boolean_options_read_the_same_way(value, on):
     rules = bs.parse_config("c", "watchfor /x/\n  pipe /bin/cat,keep_open=%s\n  exec /bin/true,raw=%s\n"
                                  "  tweet,defang=%s\n" % (value, value, value)).rules
     assert [rules[0].actions[0].keep_open, rules[0].actions[1].raw, rules[0].actions[2].defang] == [on] * 3
+
+
+def test_continued_lines_join_as_in_swatch_and_includes_are_named():
+    out, notes, ok = convert("watchfor /^(foo|\\\nbar)/\n  echo\ninclude more.rc\nwatchfor /x/\n  exec echo '$0'\n")
+    assert code_lines(out)[0] == "watchfor /^(foo|bar)/" and not ok       # not loadable until more.rc is converted
+    assert bs.parse_config("c", out.replace("include more.rc", "")).rules[0].pattern.match("bar")
+    assert any('line 4: more.rc is not converted' in n for n in notes)
+    assert "exec echo $0" in out                    # converted, and checked, although the include is not there
+
+
+def test_literal_empty_quotes_inside_double_quotes_stay():
+    got, _ = cmd('echo "it\'\'s $0"', 0)
+    assert got == 'echo "it\'\'s $0"'
