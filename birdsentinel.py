@@ -1154,7 +1154,9 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                 it[1] = ["# CONVERT: " + x for x in it[1]]
                 continue
         if new != value:
-            it[1] = [x for x in it[1] if x.startswith("#")] + ["%s %s" % (it[2], new)]
+            code = next(x for x in it[1] if not x.startswith("#"))         # its indent and CRLF kept
+            it[1] = [x for x in it[1] if x.startswith("#")] + ["%s%s %s%s" % (code[:len(code) - len(code.lstrip())],
+                                                                              it[2], new, "\r"[:code.endswith("\r")])]
     for _ in range(len(items) + 1):                 # what still does not load is commented out, line by line
         out = [x for it in items for x in it[1]]
         where = [n for n, it in enumerate(items) for _ in it[1]]     # the item of each line of out

@@ -140,8 +140,8 @@ def test_config_rewrites_keep_comments_and_order():
             "  exec /usr/local/bin/the_bird_sentinel.pl \"$_\"\n")
     out, notes, ok = convert(text)
     assert ok, notes
-    assert code_lines(out) == ["watchfor /\\w+ sshd: Failed/ && !/invalid/", "echo red",
-                               "threshold track_by=,type=limit,count=1,seconds=60", "watchfor /(\\w+) logged in/",
+    assert code_lines(out) == ["watchfor /\\w+ sshd: Failed/ && !/invalid/", "  echo red",
+                               "  threshold track_by=,type=limit,count=1,seconds=60", "watchfor /(\\w+) logged in/",
                                "  exec /usr/local/bin/the_bird_sentinel.pl \"$_\""]
     assert out.startswith("# header\n") and "  # a comment inside" in out
     assert "'dm' may replace this exec" in out
@@ -230,7 +230,7 @@ def test_converted_commands_get_the_line_and_run_none_of_it(tmp_path, script, en
 
 def test_echo_with_free_text_prints_the_text():
     out, notes, ok = convert('watchfor /x/\n  echo "RCE alert, see logs"\n  echo red bold\n')
-    assert ok and code_lines(out)[1:] == ["echo normal,message=RCE alert, see logs", "  echo red bold"]
+    assert ok and code_lines(out)[1:] == ["  echo normal,message=RCE alert, see logs", "  echo red bold"]
     assert any("line 2: echo TEXT written as echo,message=TEXT" in n for n in notes) and len(notes) == 1
     action = bs.parse_config("c", out).rules[0].actions[0]
     assert action.message.expand("the line", None) == "RCE alert, see logs"
@@ -283,3 +283,9 @@ def test_continued_lines_join_as_in_swatch_and_includes_are_named():
 def test_literal_empty_quotes_inside_double_quotes_stay():
     got, _ = cmd('echo "it\'\'s $0"', 0)
     assert got == 'echo "it\'\'s $0"'
+
+
+def test_a_rewritten_line_keeps_its_indent_and_crlf():
+    out, _, ok = convert("watchfor /a/ and /b/\r\n    exec echo $0 | logger\r\n")
+    assert ok and out.split("\n")[:2] == ["watchfor /a/ && /b/\r",
+                                            "    exec sh -c 'set -f; echo \"${1}\" | logger' sh $_\r"]
