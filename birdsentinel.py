@@ -992,13 +992,16 @@ PERLCODE_RE = re.compile(r"^(?:\d\s+)?(?:(?:my|our)\s+)?\$(\w+)\s*=\s*"        #
                          r"(?:'((?:[^'\\]|\\[^'\\])*)'|\"([^\"\\$@]*)\")\s*;?\s*$")
 PERL_STRING_RE = re.compile(r"\\(.)|\$(?:\{(\w+)\}|(\d+|[_*]|[A-Za-z_]\w*))|[^\\$]+|\$", re.S)
 RULE_KEYS = ("watchfor", "waitfor", "ignore")
-SHELLS = ("sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "busybox", "fish", "csh", "tcsh")
-INTERPRETERS = ("perl", "python", "python2", "python3", "ruby", "php", "node", "lua", "tclsh", "awk", "gawk", "mawk",
-                "nawk")
-WRAPPERS = ("env", "sudo", "nice", "nohup", "exec", "command", "xargs", "timeout", "stdbuf", "ionice", "setsid")
+# programs that run what they are given: a shell or interpreter only with a script file first, the rest never
+SCRIPT_RUNNERS = re.compile(r"(?:ba|da|a|k|mk|z|c|tc|fi)?sh|(?:perl|python|ruby|php|node|nodejs|lua|tclsh)[0-9.]*")
+RUNNERS = re.compile(r"busybox|[gmn]?awk|sed|ed|ex|vim?|sqlite3|expect|env|sudo|doas|su|runuser|timeout|nice|nohup|"
+                     r"setsid|stdbuf|ionice|time|flock|chroot|setpriv|unshare|nsenter|systemd-run|script|watch|xargs|"
+                     r"find|ssh|scp|rsync|git|tar|eval|exec|command|builtin|source|\.|trap|declare|typeset|local|"
+                     r"readonly|export|read|test|\[\[?|let|at|batch|crontab|parallel|strace|gdb|make|m4|dc|bc")
 
 
-def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callable[[str], None]) -> Optional[str]:
+def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callable[[str], None],
+                    stdin: bool = False) -> Optional[str]:
     """An exec/pipe command as swatch 3.2.4 runs it (outer quotes stripped, white space squeezed, then a Perl string:
     escapes and variables, then /bin/sh if it has shell syntax) in birdsentinel's syntax; None if it cannot be."""
     m = re.match(r"^['\"]\s*(.*)\s*['\"]$", value)
@@ -1025,7 +1028,7 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
     bare = {c for w, c in out if w == "" and isinstance(c, str)}
     shell, glob = bool(bare & set("|&;<>()$`*?[~\n")) or any(w == '"' and c in ("$", "`") for w, c in out), \
         bool(bare & set("*?["))
-    risk = code_risk(out) if occ else ""
+    risk = code_risk(out, stdin) if occ or stdin else ""
     if risk:
         return note(risk + ": rewrite it by hand")
     said = ((ctx, x) for ctx, x in out if isinstance(x, tuple) and ctx != '"')
@@ -1048,14 +1051,16 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
     return " ".join(["sh -c '%s' sh" % script.replace("'", "'\\''")] + list(pos))
 
 
-def code_risk(out: List[Tuple[Optional[str], Any]]) -> str:
-    """Why a value from the log line could become code, or pick what runs, in this command (as shell_chars reads it,
-    variables as tuples), or ''."""
+def code_risk(out: List[Tuple[Optional[str], Any]], stdin: bool = False) -> str:
+    """Why a value from the log line (a variable, here a tuple; with stdin, the standard input too) could become code,
+    an option or a file name, or pick what runs, in this command as shell_chars reads it; '' if it cannot.  A value
+    may only be a whole argument of programs none of which runs what it is given (a review bypassed two deny-lists)."""
     words, cur, start = [], [], True                # (text with \0 for a variable, first word of a command)
     for ctx, x in out + [("", " ")]:
         if ctx == "" and isinstance(x, str) and (x.isspace() or x in "|;&()`\n"):
+            assign = bool(start and cur and re.match(r"[A-Za-z_]\w*=", "".join(cur)))     # X=1 cmd: cmd is first
             words += [("".join(cur), start)] if cur else []
-            start, cur = x in "|;&()`\n" or start and not cur, []
+            start, cur = x in "|;&()`\n" or start and not cur or assign, []
         elif ctx is not None or isinstance(x, tuple):
             cur.append("\0" if isinstance(x, tuple) else x)
     text = "".join("\0" if isinstance(x, tuple) else x for _, x in out)
@@ -1064,15 +1069,14 @@ def code_risk(out: List[Tuple[Optional[str], Any]]) -> str:
     if re.search(r"\$(?:\{?[0-9@*#])", text.replace("\0", "")):
         return "the shell's own $1 or $@ would be the line and its groups here"
     for i, (w, first) in enumerate(words):
-        args = list(itertools.takewhile(lambda a: not a[1], words[i + 1:]))
-        name = os.path.basename(w) if first or i and os.path.basename(words[i - 1][0]) in WRAPPERS else ""
+        name, after = os.path.basename(w), words[i + 1] if i + 1 < len(words) else ("", True)
         if first and "\0" in w:
             return "the program would come from the log line"
-        if name in SHELLS and (any(a.startswith("-") and "c" in a for a, _ in args) or
-                               all(a.startswith("-") for a, _ in args)) or name in INTERPRETERS and (
-                name.endswith("awk") or any(re.match(r"-\w*[ce]", a) for a, _ in args)) or name in ("eval", "ssh",
-                                                                                             "su", "runuser"):
-            return "%s reads text as code, and the line would be in it" % name
+        if "\0" in w and (w != "\0" or i and words[i - 1][0][-1:] in "<>"):
+            return "the line would be part of a larger word (an option, a program's code) or a file name"
+        if first and (RUNNERS.fullmatch(name) or SCRIPT_RUNNERS.fullmatch(name) and (
+                after[1] or "\0" in after[0] or re.match(r"[-+]|/dev/|/proc/", after[0]))):
+            return "%s runs what it is given, and the line would reach it" % name
     return ""
 
 
@@ -1128,7 +1132,7 @@ def convert_config(path: str, text: str) -> Tuple[str, List[str], bool]:
                         for t in pattern.terms) + new[len(pattern.source):]
                     note("Perl's and, or, not written as &&, ||, !")
         elif key in ("exec", "pipe"):
-            cmd = convert_command(rest, groups, perl, note) if rest else rest
+            cmd = convert_command(rest, groups, perl, note, key == "pipe") if rest else rest
             if cmd is None:
                 it[1] = ["# CONVERT: " + x for x in it[1]]
                 continue

@@ -48,7 +48,7 @@ FATAL = {("10", 29): "Invalid attribute name inverse",      # echo inverse
          ("22", 4): "Invalid attribute name"}                # echo followed by free text
 # (config, line): the kind of difference measured there (line 0: stdout); each must be seen, with its property.
 # A kind is checked on (what only swatch did, what only birdsentinel did), lists of (argv, stdin).
-KNOWN = {("07", 291): "comma", ("07", 418): "comma", ("07", 522): "comma", ("07", 624): "comma",
+KNOWN = {("07", 291): "comma", ("07", 304): "not-converted", ("07", 522): "comma", ("07", 624): "comma",
          ("07", 277): "word-split", ("07", 380): "word-split", ("07", 578): "word-split", ("07", 591): "word-split",
          ("07", 620): "word-split", ("10", 16): "word-split",
          ("24", 0): "not-converted"}            # exec $script ...: perlcode sets $script from the environment
