@@ -1026,7 +1026,7 @@ def convert_command(value: str, groups: int, perl: Dict[str, str], note: Callabl
     except ValueError:
         return note("a quote is left open")
     bare = {c for w, c in out if w == "" and isinstance(c, str)}
-    shell, glob = bool(bare & set("|&;<>()$`*?[~\n")) or any(w == '"' and c in ("$", "`") for w, c in out), \
+    shell, glob = bool(bare & set("|&;<>()$`*?[~")) or any(w == '"' and c in ("$", "`") for w, c in out), \
         bool(bare & set("*?["))
     risk = code_risk(out, stdin) if occ or stdin else ""
     if risk:
@@ -1057,14 +1057,14 @@ def code_risk(out: List[Tuple[Optional[str], Any]], stdin: bool = False) -> str:
     may only be a whole argument of programs none of which runs what it is given (a review bypassed two deny-lists)."""
     words, cur, start = [], [], True                # (text with \0 for a variable, first word of a command)
     for ctx, x in out + [("", " ")]:
-        if ctx == "" and isinstance(x, str) and (x.isspace() or x in "|;&()`\n"):
+        if ctx == "" and isinstance(x, str) and (x.isspace() or x in "|;&()`"):
             assign = bool(start and cur and re.match(r"[A-Za-z_]\w*=", "".join(cur)))     # X=1 cmd: cmd is first
             words += [("".join(cur), start)] if cur else []
-            start, cur = x in "|;&()`\n" or start and not cur or assign, []
+            start, cur = x in "|;&()`" or start and not cur or assign, []
         elif ctx is not None or isinstance(x, tuple):
             cur.append("\0" if isinstance(x, tuple) else x)
     text = "".join("\0" if isinstance(x, tuple) else x for _, x in out)
-    if re.search(r"\$\(|`|\$\(\(|[<>]&\s*\0|\[\[|\blet\b", text):
+    if re.search(r"\$\(|`|[<>]&\s*\0|\[\[|\blet\b", text):
         return "the line would be inside a command substitution, arithmetic or a redirect to a descriptor"
     if re.search(r"\$(?:\{?[0-9@*#])", text.replace("\0", "")):
         return "the shell's own $1 or $@ would be the line and its groups here"
