@@ -1700,10 +1700,12 @@ class Inotify:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.watched: Dict[str, Any] = {}
 
-    def watch(self, path: str, mask: int, ident: Any = None) -> None:
-        if self.watched.get(path) != (mask, ident) and (
-                self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) >= 0):
-            self.watched[path] = (mask, ident)
+    def watch(self, path: str, mask: int, ident: Any = None) -> bool:
+        """True for a new watch: what was written before it began has no event, so the caller reads once more."""
+        if self.watched.get(path) == (mask, ident) or self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) < 0:
+            return False
+        self.watched[path] = (mask, ident)
+        return True
 
 
 # ==== Matching ===============================================================
@@ -3623,10 +3625,10 @@ class App:
                 if self.hup:
                     self.reload(sentinel, runner)
                 fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
-                if ino is not None:
-                    for t in files:
-                        ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK)
-                        ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None)
+                if ino is not None:         # a file that appeared (or came back) while we read it: read it again
+                    for t in files:         # (test_stalled_keep_open_reader_does_not_stop_the_watcher waited 10 s)
+                        more = ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK) | more
+                        more = ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None) | more
                     fds.append(ino.fd)
                 idle = 1.0 if ino is None else 10.0
                 timeout = min(idle, 0.0 if more else 0.05 if runner.busy()

@@ -220,13 +220,54 @@ def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
     try:
         s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(1000)))    # a burst
         p = next(iter(r.pipes.values()))
-        assert p.full_since is not None         # the queue filled while the reader was late
+        assert wait_until(lambda: p.blocked_since is not None, 5)      # a write waited while the reader was late
         go.write_text("")
-        assert wait_until(lambda: p.lines.empty(), 10)      # then it caught up
+        assert wait_until(lambda: p.lines.empty() and p.blocked_since is None, 10)      # then it caught up
         clock.advance(bs.PIPE_STALL + 1)
         r.reap()
         assert r.failures == 0
         assert list(r.pipes.values()) == [p] and p.proc.poll() is None
+    finally:
+        r.close()
+
+
+def test_keep_open_reader_that_stops_after_a_burst_smaller_than_the_queue_is_killed(tmp_path):
+    """The queue never fills (200 KB, room for PIPE_QUEUE) and no line follows: the waiting write is the stall.
+    With a full queue as the sign, this reader was never killed (CI: test_stalled_keep_open_reader_...)."""
+    clock = FakeClock()
+    c = bs.parse_config(str(tmp_path / "x.conf"),
+                        "watchfor /boom/\npipe sh -c 'head -c 20000 >/dev/null; exec sleep 600',keep_open=1\n")
+    r = bs.ActionRunner(io.StringIO(), daemon=True, monotonic=clock.monotonic)
+    s = bs.Sentinel(c, r, bs.Counters())
+    try:
+        s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(200)))     # 200 KB > 20 KB + a pipe
+        p = next(iter(r.pipes.values()))
+        assert wait_until(lambda: p.blocked_since is not None, 10) and p.dropped == 0
+        r.reap()
+        assert r.failures == 0                  # blocked, but not yet for PIPE_STALL
+        clock.advance(bs.PIPE_STALL + 1)
+        r.reap()
+        assert r.failures == 1 and not r.pipes
+        assert wait_until(lambda: p.proc.poll() is not None, 5), "the stalled reader was not killed"
+    finally:
+        r.close()
+
+
+def test_keep_open_reader_that_never_reads_holds_at_most_pipe_queue_bytes(tmp_path, logs):
+    clock = FakeClock()
+    c = bs.parse_config(str(tmp_path / "x.conf"), "watchfor /boom/\npipe sleep 600,keep_open=1\n")
+    r = bs.ActionRunner(io.StringIO(), daemon=True, monotonic=clock.monotonic)
+    s = bs.Sentinel(c, r, bs.Counters())
+    try:
+        n = 3 * bs.PIPE_QUEUE // 10000
+        s.process_text("".join("boom %05d %s\n" % (i, "x" * 9988) for i in range(n)))     # 3 x PIPE_QUEUE
+        p = next(iter(r.pipes.values()))
+        assert wait_until(lambda: p.blocked_since is not None, 10)
+        assert p.queued - p.written <= bs.PIPE_QUEUE and p.dropped >= n // 2
+        clock.advance(bs.PIPE_STALL + 1)
+        r.reap()
+        told = [m for m in logs.messages(logging.ERROR) if "stopped reading" in m]
+        assert len(told) == 1 and "(%d line(s) not written)" % (n - p.written // 10000) in told[0], told
     finally:
         r.close()
 
