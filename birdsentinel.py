@@ -169,7 +169,8 @@ OUTBOX_ENTRIES = 10000        # a week of X's 1,440 DMs a day; past it alerts ar
 OUTBOX_BYTES = 20 << 20
 MAX_POLL_READ = 4 << 20       # bytes read from a source per poll: then save, check signals, go on
 CHILD_TIMEOUT = 60.0          # seconds before a child is killed
-PIPE_STALL = 5.0              # seconds a keep_open pipe may stay full before its reader is killed
+PIPE_STALL = 5.0              # seconds a write to a keep_open pipe may wait before its reader is killed
+PIPE_QUEUE = 1 << 20          # bytes a keep_open pipe's writer may hold; past it lines are dropped (counted)
 CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CHILD_ENV_KEEP = frozenset(("HOME", "LANG", "LANGUAGE", "LOGNAME", "SHELL", "TERM", "TZ", "USER"))
 
@@ -3181,14 +3182,14 @@ class ActionRunner:
         key = (action.lineno, action.argv)
         pipe = self.pipes.get(key)
         if pipe is None or pipe.proc.poll() is not None:
-            with contextlib.suppress(queue.Full, AttributeError):
+            with contextlib.suppress(AttributeError):
                 pipe.lines.put_nowait(None)         # the old writer's thread ends
             try:
-                pipe = self.pipes[key] = PipeWriter(self._popen(argv, subprocess.PIPE))
+                pipe = self.pipes[key] = PipeWriter(self._popen(argv, subprocess.PIPE), self.monotonic)
             except OSError as exc:
                 self.failed("cannot run pipe %s: %s" % (argv[0], exc.strerror))
                 return
-        pipe.put(data, self.monotonic())
+        pipe.put(data)
 
     def mail(self, action: Action, line: str, match: Optional[re.Match], message: str) -> None:
         recipients = list(action.recipients) or [current_user()]
@@ -3258,17 +3259,15 @@ class ActionRunner:
             if rc is not None:
                 self.children.remove((proc, what, started))
         for key, pipe in list(self.pipes.items()):
-            if pipe.full_since is not None and not pipe.lines.full():
-                pipe.full_since = None              # the reader caught up after a burst
-            if pipe.full_since is not None and now - pipe.full_since > PIPE_STALL:
+            if pipe.blocked_since is not None and now - pipe.blocked_since > PIPE_STALL:
                 pipe.proc.kill()
-                self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is "
-                            "started again at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped))
+                self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is started again "
+                            "at the next line" % (pipe.proc.args[0], PIPE_STALL, pipe.dropped + pipe.lines.qsize() + 1))
                 del self.pipes[key]
         self._start_waiting()
 
     def busy(self) -> bool:
-        return bool(self.children or self.waiting or any(p.full_since for p in self.pipes.values()))
+        return bool(self.children or self.waiting or any(p.blocked_since is not None for p in self.pipes.values()))
 
     def wait_all(self, timeout: Optional[float] = None) -> None:
         limit = self.monotonic() + (timeout if timeout is not None else CHILD_TIMEOUT + 5)
@@ -3282,36 +3281,39 @@ class ActionRunner:
             try:
                 pipe.lines.put_nowait(None)         # the writer closes the child's stdin: it ends
                 pipe.proc.wait(timeout=1)
-            except (queue.Full, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pipe.proc.kill()                    # a stalled reader, or one that does not end
         self.pipes.clear()
 
 
 class PipeWriter:
-    """A keep_open child fed by its own thread through a bounded queue: a stalled reader never blocks us (issue 9)."""
+    """A keep_open child fed by its own thread through a queue of PIPE_QUEUE bytes: a stalled reader never blocks us
+    (issue 9).  A stall is a write waiting PIPE_STALL, not a full queue: a burst filled the queue of 256 lines while
+    the writer waited for the CPU, and the reader that stopped after it was never killed (test_stalled_keep_open...)."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.lines = proc, queue.Queue(maxsize=256)     # type: queue.Queue[Optional[bytes]]
-        self.full_since: Optional[float] = None
-        self.dropped = 0
+    def __init__(self, proc: subprocess.Popen, clock: Callable[[], float]) -> None:
+        self.proc, self.lines, self.clock = proc, queue.Queue(), clock     # type: queue.Queue[Optional[bytes]]
+        self.blocked_since: Optional[float] = None      # the writer thread's alone, like `written`
+        self.queued = self.written = self.dropped = 0   # bytes put, bytes written; lines dropped
         threading.Thread(target=self._write, daemon=True).start()
 
     def _write(self) -> None:
         assert self.proc.stdin is not None
         with contextlib.suppress(OSError, ValueError):
             for data in iter(self.lines.get, None):
+                self.blocked_since = self.clock()
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
+                self.blocked_since, self.written = None, self.written + len(data)
         self.proc.communicate()                     # closes stdin, reaps: no fd, thread or zombie left per restart
 
-    def put(self, data: bytes, now: float) -> None:
-        """Queue a line; a full queue drops it (counted) and starts the stall clock."""
-        try:
-            self.lines.put_nowait(data)
-            self.full_since = None
-        except queue.Full:
-            self.full_since = self.full_since or now
+    def put(self, data: bytes) -> None:
+        """Queue a line; past PIPE_QUEUE bytes waiting it is dropped (counted)."""
+        if self.queued - self.written + len(data) > PIPE_QUEUE:
             self.dropped += 1
+            return
+        self.queued += len(data)
+        self.lines.put_nowait(data)
 
 
 def feed(proc: subprocess.Popen, data: bytes) -> None:
