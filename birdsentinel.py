@@ -3259,6 +3259,10 @@ class ActionRunner:
             if rc is not None:
                 self.children.remove((proc, what, started))
         for key, pipe in list(self.pipes.items()):
+            if pipe.dropped and not pipe.told:      # once per child: the kill, if it comes, gives the count
+                pipe.told = True
+                self.failed("pipe %s is %d MiB behind: its lines are dropped until it reads again"
+                            % (pipe.proc.args[0], PIPE_QUEUE >> 20))
             if pipe.blocked_since is not None and now - pipe.blocked_since > PIPE_STALL:
                 pipe.proc.kill()
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is started again "
@@ -3295,6 +3299,7 @@ class PipeWriter:
         self.proc, self.lines, self.clock = proc, queue.Queue(), clock     # type: queue.Queue[Optional[bytes]]
         self.blocked_since: Optional[float] = None      # the writer thread's alone, like `written`
         self.queued = self.written = self.dropped = 0   # bytes put, bytes written; lines dropped
+        self.told = False                               # that it drops lines
         threading.Thread(target=self._write, daemon=True).start()
 
     def _write(self) -> None:

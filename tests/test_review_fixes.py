@@ -264,6 +264,10 @@ def test_keep_open_reader_that_never_reads_holds_at_most_pipe_queue_bytes(tmp_pa
         p = next(iter(r.pipes.values()))
         assert wait_until(lambda: p.blocked_since is not None, 10)
         assert p.queued - p.written <= bs.PIPE_QUEUE and p.dropped >= n // 2
+        r.reap()
+        r.reap()
+        behind = [m for m in logs.messages(logging.ERROR) if "behind" in m]
+        assert behind == ["pipe sleep is 1 MiB behind: its lines are dropped until it reads again"]   # once
         clock.advance(bs.PIPE_STALL + 1)
         r.reap()
         told = [m for m in logs.messages(logging.ERROR) if "stopped reading" in m]
