@@ -1662,27 +1662,32 @@ class OmprogSource(StreamSource):
     send it again later (the outbox is full, or the state cannot be written).  EOF: rsyslog stopped."""
 
     def __init__(self, on_entry: Callable[[str, Optional[Dict[str, str]], Optional[str]], None],
-                 outbox: Optional["Outbox"]) -> None:
+                 outbox: Optional["Outbox"], resent: Sequence[str] = ()) -> None:
         super().__init__("standard input (omprog)", 0, self.take)
         self.live, self.on_entry, self.outbox = True, on_entry, outbox
         self.answers: List[bool] = []               # per message read since the last commit: accepted
+        self.taken: List[str] = []                  # the accepted ones' fingerprints: the commit saves them
+        self.resent = list(resent)                  # the last commit's, maybe never answered: rsyslog sends them again
         os.write(1, b"OK\n")                        # ready: state, lock and sender are set up
 
     def take(self, text: str) -> None:
         ob = self.outbox                            # a message is refused, not counted, when it may not fit
         for line in text.split("\n")[:-1]:
+            fp = "%08x" % zlib.crc32(line.encode("utf-8", "surrogateescape"))
+            again, self.resent = (True, self.resent[1:]) if self.resent[:1] == [fp] else (False, [])
             ok = ob is None or not ob.full and len(ob) < ob.max_entries and ob.text_bytes + MAX_LINE <= ob.max_bytes
-            if ok:
-                m = SYSLOG_TAG_RE.match(line)
+            if ok and not again:                    # again: a kill came between its commit and our OK (and could
+                m = SYSLOG_TAG_RE.match(line)       # also come after X took a DM): it is taken once, not twice
                 self.on_entry(line, None, m.group(1) if m else None)
-            self.answers.append(ok and not (ob is not None and ob.full))    # one of its alerts not kept: again
+            self.answers.append(again or ok and not (ob is not None and ob.full))      # an alert not kept: again
+            self.taken += [fp] if self.answers[-1] else []
 
     def answer(self, committed: bool) -> None:
         """After the commit: one answer per message, in order."""
         out = b"".join(b"OK\n" if ok and committed else b"birdsentinel: outbox full: send it again later\n"
                        if committed else b"birdsentinel: cannot save state or outbox: send it again later\n"
                        for ok in self.answers)
-        self.answers = []
+        self.answers, self.taken = [], []
         with contextlib.suppress(OSError):
             os.write(1, out)
 
@@ -2146,6 +2151,7 @@ class State:
     files: Dict[str, Dict[str, Any]] = field(default_factory=dict)      # path -> dev, ino, fp, offset
     journal: Dict[str, Dict[str, Any]] = field(default_factory=dict)    # "system" or "dir:PATH" -> cursor or since
     outbox_committed: Optional[int] = None
+    omprog: List[str] = field(default_factory=list)     # fingerprints of the last commit's messages, until answered
     counters: Counters = field(default_factory=Counters)
     delivery: DeliveryState = field(default_factory=DeliveryState)
 
@@ -3260,9 +3266,8 @@ class ActionRunner:
                 self.children.remove((proc, what, started))
         for key, pipe in list(self.pipes.items()):
             if pipe.dropped and not pipe.told:      # once per child: the kill, if it comes, gives the count
-                pipe.told = True
-                self.failed("pipe %s is %d MiB behind: its lines are dropped until it reads again"
-                            % (pipe.proc.args[0], PIPE_QUEUE >> 20))
+                pipe.told = pipe.dropped
+                self.failed("pipe %s is behind, its queue full: lines are dropped until it reads" % pipe.proc.args[0])
             if pipe.blocked_since is not None and now - pipe.blocked_since > PIPE_STALL:
                 pipe.proc.kill()
                 self.failed("pipe %s stopped reading for %.0f s: killed (%d line(s) not written); it is started again "
@@ -3291,15 +3296,13 @@ class ActionRunner:
 
 
 class PipeWriter:
-    """A keep_open child fed by its own thread through a queue of PIPE_QUEUE bytes: a stalled reader never blocks us
-    (issue 9).  A stall is a write waiting PIPE_STALL, not a full queue: a burst filled the queue of 256 lines while
-    the writer waited for the CPU, and the reader that stopped after it was never killed (test_stalled_keep_open...)."""
+    """A keep_open child fed by its own thread through PIPE_QUEUE bytes of queue: a stalled reader never blocks us
+    (issue 9).  A stall is one write waiting PIPE_STALL: a full queue of 256 lines missed one (test_stalled_keep...)."""
 
     def __init__(self, proc: subprocess.Popen, clock: Callable[[], float]) -> None:
         self.proc, self.lines, self.clock = proc, queue.Queue(), clock     # type: queue.Queue[Optional[bytes]]
         self.blocked_since: Optional[float] = None      # the writer thread's alone, like `written`
-        self.queued = self.written = self.dropped = 0   # bytes put, bytes written; lines dropped
-        self.told = False                               # that it drops lines
+        self.queued = self.written = self.dropped = self.told = 0   # bytes put, written; lines dropped, logged
         threading.Thread(target=self._write, daemon=True).start()
 
     def _write(self) -> None:
@@ -3450,10 +3453,13 @@ class App:
                     self.state.journal[s.key] = s.snapshot()
                 elif isinstance(s, FileTailer):
                     self.state.files[s.path] = s.snapshot()
+                elif isinstance(s, OmprogSource):
+                    self.state.omprog = list(s.taken)
             ok = saved = self.store.save(self.state)        # type: ignore[union-attr]
             self.dirty, self.last_save = (False, now) if ok else (self.dirty, self.last_save)
         if answer is not None:
             answer(ok)
+            self.dirty = self.dirty or saved and bool(self.state.omprog)      # a save soon tells they were answered
         if saved and ob is not None and ob.committed != self.state.outbox_committed:
             ob.committed = self.state.outbox_committed
             self.wake.set()
@@ -3571,7 +3577,7 @@ class App:
         """--examine FILE, --read-pipe CMD (run as argv), --omprog, the journal, or the files to follow."""
         opts, on_text, on_entry = self.opts, sentinel.process_text, sentinel.process_entry
         if opts.omprog:
-            return [OmprogSource(on_entry, self.outbox)]
+            return [OmprogSource(on_entry, self.outbox, self.state.omprog)]
         if journal_wanted(opts):
             problem = journal_problem(opts.journal_dir)
             if problem:

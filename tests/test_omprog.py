@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -342,6 +343,45 @@ def test_protocol_ok_means_durable_an_acknowledged_alert_survives_sigkill(
     assert q.eof() == 0, q.diag()
     assert alice_texts(fx) == ["[web7] " + line]
     assert bytes(q.raw) == b"OK\n"
+
+
+def read_state(sd):
+    with open(os.path.join(sd, "birdsentinel.state"), "rb") as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def test_protocol_a_message_committed_but_never_answered_is_taken_once_when_rsyslog_sends_it_again(
+        script, env, fx, tw, tmp_path, box):
+    """A kill between the commit and the OK: rsyslog sends the message again, and its alert is in the outbox
+    already.  The commit saves the messages' fingerprints, the save after the OK empties the list; a restart skips
+    (and answers OK to) messages that come first and match it, in order.  The 1,000-message SIGKILL test saw this
+    window and a DM X had just taken hit by one kill: two duplicates for it."""
+    conf, sd = write_conf(tmp_path, BUDGET + "watchfor /ALERT/\n    dm @alice\n")
+    fx.inject(status=503, count=10 ** 6, path_prefix=DM_PATH)          # the alerts stay in the outbox
+    first, other = line_of("web7", "ALERT committed, OK lost"), line_of("web7", "ALERT the next one")
+    fp = "%08x" % zlib.crc32(first.encode("utf-8"))
+    p = start_proto(box, script, env, conf, sd, tw, fx, tmp_path, 0)
+    assert p.line(20) == b"OK\n", p.diag()
+    p.send(first)
+    assert p.line() == b"OK\n", p.diag()
+    assert wait_until(lambda: read_state(sd)["omprog"] == [], 5), read_state(sd)     # answered: the list empties
+    p.p.send_signal(signal.SIGKILL)
+    p.p.wait(timeout=10)
+    state = read_state(sd)
+    state["omprog"] = [fp]                      # what the commit of `first` wrote, had the kill come before the OK
+    with open(os.path.join(sd, "birdsentinel.state"), "w") as fh:
+        json.dump(state, fh)
+
+    q = start_proto(box, script, env, conf, sd, tw, fx, tmp_path, 1)   # rsyslog: a new instance, the message again
+    assert q.line(20) == b"OK\n", q.diag()
+    q.send(first, other, first)                 # the third is a new message that repeats the first: taken
+    assert [q.line(), q.line(), q.line()] == [b"OK\n"] * 3, q.diag()
+    fx.clear_faults()
+    assert fx.wait_for(lambda: len(alice_texts(fx)) >= 3, 20), q.diag()
+    assert q.eof() == 0, q.diag()
+    time.sleep(0.3)
+    assert alice_texts(fx) == ["[web7] " + first, "[web7] " + other, "[web7] " + first]
+    assert read_state(sd)["omprog"] == []
 
 
 def test_protocol_outbox_full_answers_an_error_line_and_keeps_nothing(
