@@ -1704,13 +1704,14 @@ class Inotify:
         self.libc, self.fd = libc, libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        self.watched: Dict[str, Any] = {}
+        self.watched: Dict[Tuple[str, int], Any] = {}
 
     def watch(self, path: str, mask: int, ident: Any = None) -> bool:
         """True for a new watch: what was written before it began has no event, so the caller reads once more."""
-        if self.watched.get(path) == (mask, ident) or self.libc.inotify_add_watch(self.fd, os.fsencode(path), mask) < 0:
-            return False
-        self.watched[path] = (mask, ident)
+        if self.watched.get((path, mask)) == (ident,) or self.libc.inotify_add_watch(     # masks add (IN_MASK_ADD):
+                self.fd, os.fsencode(path), mask | 0x20000000) < 0:     # a path tailed and a directory took turns
+            return False                                                # and spun the loop (a review)
+        self.watched[(path, mask)] = (ident,)
         return True
 
 
@@ -3313,11 +3314,12 @@ class PipeWriter:
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
                 self.blocked_since, self.written = None, self.written + len(data)
+        self.blocked_since = None                   # a reader that exited (EPIPE) is no stall (a review)
         self.proc.communicate()                     # closes stdin, reaps: no fd, thread or zombie left per restart
 
     def put(self, data: bytes) -> None:
-        """Queue a line; past PIPE_QUEUE bytes waiting it is dropped (counted)."""
-        if self.queued - self.written + len(data) > PIPE_QUEUE:
+        """Queue a line; past PIPE_QUEUE bytes (or PIPE_QUEUE / 64 short lines) waiting it is dropped (counted)."""
+        if self.queued - self.written + len(data) > PIPE_QUEUE or self.lines.qsize() >= PIPE_QUEUE >> 6:
             self.dropped += 1
             return
         self.queued += len(data)

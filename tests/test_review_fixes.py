@@ -1,10 +1,13 @@
 """Regression tests for the ten bugs of the code review: each test is the
 reviewer's reproduction, made small, and fails on the code before the fixes."""
 
+import contextlib
 import io
 import json
 import logging
 import os
+import select
+import struct
 import subprocess
 import sys
 import threading
@@ -231,6 +234,38 @@ def test_keep_open_reader_that_caught_up_is_not_killed_as_stalled(tmp_path):
         r.close()
 
 
+def blocked_for_good(p, seconds=10):
+    """The writer waits in a write and has written nothing for 0.3 s: the reader has stopped, the pipe is full
+    (blocked_since is set before every write, so alone it does not tell a stall from a write in progress)."""
+    def settled():
+        before = p.written
+        time.sleep(0.3)
+        return p.blocked_since is not None and p.written == before
+    return wait_until(settled, seconds)
+
+
+def test_keep_open_reader_that_exits_is_no_stall(tmp_path):
+    """A reader that exits: the next write fails (EPIPE).  That is no stall (nothing is killed or reported) and
+    keeps nothing busy; a review found blocked_since left set, a false report after PIPE_STALL and --once waiting."""
+    clock = FakeClock()
+    c = bs.parse_config(str(tmp_path / "x.conf"), "watchfor /boom/\npipe head -c 10,keep_open=1\n")
+    r = bs.ActionRunner(io.StringIO(), daemon=True, monotonic=clock.monotonic)
+    s = bs.Sentinel(c, r, bs.Counters())
+    try:
+        s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(100)))
+        p = next(iter(r.pipes.values()))
+        def ended():                            # the reader gone, the writer out of its last (failed) write
+            was = p.blocked_since
+            time.sleep(0.3)
+            return p.proc.poll() is not None and was is None and p.blocked_since is None
+        assert wait_until(ended, 10), "blocked_since stays set after the reader exited"
+        clock.advance(bs.PIPE_STALL + 1)
+        r.reap()
+        assert r.failures == 0 and not r.busy()
+    finally:
+        r.close()
+
+
 def test_keep_open_reader_that_stops_after_a_burst_smaller_than_the_queue_is_killed(tmp_path):
     """The queue never fills (200 KB, room for PIPE_QUEUE) and no line follows: the waiting write is the stall.
     With a full queue as the sign, this reader was never killed (CI: test_stalled_keep_open_reader_...)."""
@@ -242,7 +277,7 @@ def test_keep_open_reader_that_stops_after_a_burst_smaller_than_the_queue_is_kil
     try:
         s.process_text("".join("boom %d %s\n" % (i, "x" * 1000) for i in range(200)))     # 200 KB > 20 KB + a pipe
         p = next(iter(r.pipes.values()))
-        assert wait_until(lambda: p.blocked_since is not None, 10) and p.dropped == 0
+        assert blocked_for_good(p) and p.dropped == 0
         r.reap()
         assert r.failures == 0                  # blocked, but not yet for PIPE_STALL
         clock.advance(bs.PIPE_STALL + 1)
@@ -262,7 +297,7 @@ def test_keep_open_reader_that_never_reads_holds_at_most_pipe_queue_bytes(tmp_pa
         n = 3 * bs.PIPE_QUEUE // 10000
         s.process_text("".join("boom %05d %s\n" % (i, "x" * 9988) for i in range(n)))     # 3 x PIPE_QUEUE
         p = next(iter(r.pipes.values()))
-        assert wait_until(lambda: p.blocked_since is not None, 10)
+        assert blocked_for_good(p)
         assert p.queued - p.written <= bs.PIPE_QUEUE and p.dropped >= n // 2
         r.reap()
         r.reap()
@@ -274,6 +309,40 @@ def test_keep_open_reader_that_never_reads_holds_at_most_pipe_queue_bytes(tmp_pa
         assert len(told) == 1 and "(%d line(s) not written)" % (n - p.written // 10000) in told[0], told
     finally:
         r.close()
+
+
+def test_keep_open_queue_of_one_byte_lines_is_bounded_in_lines_too():
+    """1 MiB of one-byte lines would be a million queued objects (some 50 MB): the queue holds PIPE_QUEUE / 64."""
+    p = bs.PipeWriter(subprocess.Popen(["sleep", "600"], stdin=subprocess.PIPE), FakeClock().monotonic)
+    try:
+        for _ in range(300000):                 # more than the pipe (64 KiB of them) and the queue hold
+            p.put(b"\n")
+        assert p.lines.qsize() <= bs.PIPE_QUEUE >> 6 and p.dropped > 0
+    finally:
+        p.proc.kill()
+
+
+def test_inotify_watch_is_new_once_per_path_and_mask(tmp_path):
+    """watch() is True once for each (path, mask, file): the runtime reads again after a True, so a path both tailed
+    and the directory of another (its two masks taking turns) spun the loop (a review: 3.3 s of CPU in 4 s)."""
+    ino = bs.Inotify()
+    try:
+        d, f = str(tmp_path), str(tmp_path / "a.log")
+        open(f, "w").close()
+        assert [ino.watch(d, bs.Inotify.DIR_MASK), ino.watch(d, bs.Inotify.FILE_MASK)] == [True, True]
+        assert [ino.watch(d, bs.Inotify.DIR_MASK), ino.watch(d, bs.Inotify.FILE_MASK)] == [False, False]
+        assert ino.watch(f, bs.Inotify.FILE_MASK, (1, 2)) and not ino.watch(f, bs.Inotify.FILE_MASK, (1, 2))
+        assert ino.watch(f, bs.Inotify.FILE_MASK, (1, 3))              # rotated: a new file under the name
+        assert not ino.watch(str(tmp_path / "missing.log"), bs.Inotify.FILE_MASK)   # no watch: nothing to read again
+        with contextlib.suppress(BlockingIOError):
+            while os.read(ino.fd, 65536):
+                pass
+        os.mkdir(str(tmp_path / "new"))             # IN_CREATE: the directory's mask is kept beside the file's
+        assert select.select([ino.fd], [], [], 2)[0], "no event: the file mask replaced the directory's"
+        _wd, mask = struct.unpack_from("iI", os.read(ino.fd, 65536))
+        assert mask & 0x100, hex(mask)
+    finally:
+        os.close(ino.fd)
 
 
 # ---- 8. an unwritable dead-letter file does not loop on the refused message
