@@ -3640,8 +3640,8 @@ class App:
                 if self.hup:
                     self.reload(sentinel, runner)
                 fds = [wake_r] + [s.fd for s in sources if isinstance(s, StreamSource) and s.live]
-                if ino is not None:         # a file that appeared (or came back) while we read it: read it again
-                    for t in files:         # (test_stalled_keep_open_reader_does_not_stop_the_watcher waited 10 s)
+                if ino is not None:         # a new watch: what was written between our read and it has no
+                    for t in files:         # event, so read once more (found chasing a CI failure; no test forces it)
                         more = ino.watch(os.path.dirname(os.path.abspath(t.path)), Inotify.DIR_MASK) | more
                         more = ino.watch(t.path, Inotify.FILE_MASK, t.cur.ident if t.cur else None) | more
                     fds.append(ino.fd)
